@@ -1,0 +1,218 @@
+"""Daemon settings: one YAML file plus ``HEALER_*`` environment overrides.
+
+The settings object is built once by the shell (CLI) and passed down; nothing reads it
+globally. Validation errors name the file, the line, the key path and what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from healer.errors import ConfigError
+from healer.yamldoc import YamlDocumentError, YamlProblem, format_key_path, load_yaml_file
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> Any:
+    """Accept ``2``, ``1.5``, ``"500ms"``, ``"5s"``, ``"2m"``, ``"1h"``; return seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 5s or 500ms, got a boolean")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if not m:
+            raise ValueError(f"expected a duration such as 5s, 500ms or 2m, got {value!r}")
+        return float(m.group(1)) * _UNITS[m.group(2)]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+
+
+def check_name(value: str) -> str:
+    if not NAME_RE.match(value):
+        raise ValueError(
+            f"invalid name {value!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+Name = Annotated[str, BeforeValidator(lambda v: check_name(v) if isinstance(v, str) else v)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CommandConfig(_Strict):
+    """A process healer starts and supervises itself. Never run through a shell."""
+
+    argv: list[str] = Field(min_length=1)
+    cwd: Path | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    inherit_env: bool = True
+    stop_timeout: Duration = 5.0  # SIGTERM, then SIGKILL after this long
+
+
+class ProbeConfig(BaseModel):
+    """Common probe settings; type-specific parameters are validated by the probe class."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: str
+    name: str | None = None
+    interval: Duration = 2.0
+    timeout: Duration = 1.0
+    jitter: Duration = 0.0
+    failure_threshold: int = Field(default=3, ge=1)  # N consecutive failures -> failing
+    success_threshold: int = Field(default=1, ge=1)  # M consecutive passes -> passing
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ComponentConfig(_Strict):
+    command: CommandConfig | None = None
+    probes: list[ProbeConfig] = Field(default_factory=list)
+    depends_on: list[Name] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    rto: Duration | None = None  # recovery time objective: detection -> verified healthy
+    rpo: Duration | None = None  # recovery point objective: max age of restored state
+
+
+class StoreConfig(_Strict):
+    # FULL fsyncs every batch commit: an acknowledged event survives power loss, not just a crash.
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    batch_max: int = Field(default=512, ge=1, le=10_000)
+
+
+class HealerConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="HEALER_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    state_dir: Path
+    policies_dir: Path
+    components: dict[Name, ComponentConfig] = Field(default_factory=dict)
+    store: StoreConfig = StoreConfig()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_timeout: Duration = 10.0  # how long SIGTERM waits for an in-flight action
+    stop_components_on_exit: bool = True
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML document arrives as init kwargs; the environment must win over it.
+        return (env_settings, init_settings)
+
+
+ExtraCheck = Callable[[HealerConfig], list[tuple[tuple[str | int, ...], str]]]
+
+
+def load_config(path: Path, extra_checks: ExtraCheck | None = None) -> HealerConfig:
+    """Read, validate and resolve a config file; raise :class:`ConfigError` saying what is wrong.
+
+    ``extra_checks`` lets the caller add validation that needs other layers (probe parameter
+    schemas from installed plugins, the dependency graph) while keeping positions in the file.
+    """
+    try:
+        doc = load_yaml_file(path)
+    except YamlDocumentError as exc:
+        raise ConfigError(_render(exc.problems)) from exc
+    data = doc.plain()
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(_render([YamlProblem(str(path), 1, 1, "", "expected a mapping at the top level")]))
+    try:
+        cfg = HealerConfig(**data)
+    except ValidationError as exc:
+        problems = doc.problems_from_validation(exc)
+        problems = [_mention_env(p) for p in problems]
+        raise ConfigError(_render(problems)) from exc
+    cfg = _resolve_paths(cfg, path.parent)
+    found = dependency_problems(cfg)
+    if not found and extra_checks is not None:
+        found = extra_checks(cfg)
+    if found:
+        problems = []
+        for loc, msg in found:
+            line, col = doc.locate(loc)
+            problems.append(YamlProblem(str(path), line, col, format_key_path(loc), msg))
+        raise ConfigError(_render(problems))
+    return cfg
+
+
+def dependency_problems(cfg: HealerConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """Unknown dependencies and dependency cycles, located at the offending ``depends_on``."""
+    import networkx as nx
+
+    found: list[tuple[tuple[str | int, ...], str]] = []
+    graph = nx.DiGraph()
+    for name, comp in cfg.components.items():
+        graph.add_node(name)
+        for i, dep in enumerate(comp.depends_on):
+            if dep not in cfg.components:
+                found.append((("components", name, "depends_on", i), f"unknown component {dep!r}"))
+            else:
+                graph.add_edge(name, dep)
+    if not found:
+        try:
+            cycle = nx.find_cycle(graph)
+        except nx.NetworkXNoCycle:
+            return found
+        names = [edge[0] for edge in cycle] + [cycle[0][0]]
+        found.append((("components", names[0], "depends_on"), "dependency cycle: " + " -> ".join(names)))
+    return found
+
+
+def _mention_env(p: YamlProblem) -> YamlProblem:
+    top = p.key_path.split(".", 1)[0].split("[", 1)[0]
+    var = f"HEALER_{top.upper()}"
+    if top and any(k == var or k.startswith(var + "__") for k in os.environ):
+        return YamlProblem(
+            p.path, p.line, p.column, p.key_path, f"{p.message} (value from environment {var})"
+        )
+    return p
+
+
+def _render(problems: list[YamlProblem]) -> str:
+    return "invalid configuration:\n" + "\n".join(f"  {p}" for p in problems)
+
+
+def _resolve_paths(cfg: HealerConfig, base: Path) -> HealerConfig:
+    def res(p: Path) -> Path:
+        p = p.expanduser()
+        return p if p.is_absolute() else (base / p).resolve()
+
+    comps = {}
+    for name, comp in cfg.components.items():
+        resolved = comp
+        if comp.command is not None and comp.command.cwd is not None:
+            command = comp.command.model_copy(update={"cwd": res(comp.command.cwd)})
+            resolved = comp.model_copy(update={"command": command})
+        comps[name] = resolved
+    return cfg.model_copy(
+        update={"state_dir": res(cfg.state_dir), "policies_dir": res(cfg.policies_dir), "components": comps}
+    )

@@ -1,0 +1,1 @@
+"""Knowledge: the append-only event log and the projections rebuilt from it."""

@@ -1,0 +1,307 @@
+"""Projections: the state the daemon decides from, folded from the event log.
+
+``FleetState.apply`` is the only way state changes. The daemon applies each event as it is
+recorded; start-up, ``healer status`` and replay apply the same events from the log, so the
+live state and a rebuilt one are equal by construction (``digest`` lets tests check it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from healer.knowledge.events import EventType as T
+from healer.knowledge.events import RecordedEvent
+
+OPEN_PHASES = frozenset({"detected", "diagnosed", "planned", "acting", "verifying"})
+
+
+@dataclass
+class ComponentView:
+    name: str
+    health: str = "unknown"  # unknown | healthy | failing
+    health_since: float | None = None
+    pid: int | None = None
+    pid_create_time: float | None = None  # with pid: identifies the process across daemon restarts
+    process_running: bool = False
+    last_exit: dict[str, Any] | None = None
+    last_action_at: float | None = None
+    restarts: int = 0
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepView:
+    step: int
+    attempt: int
+    actuator: str
+    action: str
+    key: str
+    started_at: float
+    outcome: str | None = None  # succeeded | failed | interrupted; None while in flight
+    finished_at: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class IncidentView:
+    id: int
+    component: str
+    opened_at: float
+    status: str = "open"  # open | resolved | escalated
+    phase: str = "detected"
+    failure_class: str | None = None
+    root_cause: str | None = None
+    symptoms: list[str] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    policy: str | None = None
+    policy_hash: str | None = None
+    step_index: int = 0
+    attempts: dict[int, int] = field(default_factory=dict)  # step index -> attempts started
+    plan: dict[str, Any] | None = None  # the pending or current planned step
+    verify_deadline: float | None = None
+    actions: list[StepView] = field(default_factory=list)
+    resolved_at: float | None = None
+    escalated_at: float | None = None
+    escalation_reason: str | None = None
+    resolution: str | None = None
+    rto_achieved: float | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.status == "open"
+
+    def open_step(self) -> StepView | None:
+        for step in reversed(self.actions):
+            if step.outcome is None:
+                return step
+        return None
+
+
+@dataclass
+class FleetState:
+    components: dict[str, ComponentView] = field(default_factory=dict)
+    incidents: dict[int, IncidentView] = field(default_factory=dict)
+    # component -> the incident that currently owns it (open, or escalated and not yet recovered)
+    active_incident: dict[str, int] = field(default_factory=dict)
+    next_incident: int = 1
+    position: int = 0
+    policies_hash: str | None = None
+
+    # -- reading helpers (used by the pure Analyze and Plan stages) -----------------------
+    def component(self, name: str) -> ComponentView:
+        view = self.components.get(name)
+        if view is None:
+            view = ComponentView(name)
+        return view
+
+    def active_for(self, component: str) -> IncidentView | None:
+        iid = self.active_incident.get(component)
+        return self.incidents.get(iid) if iid is not None else None
+
+    # -- the fold ---------------------------------------------------------------------------
+    def apply_all(self, events: Iterable[RecordedEvent]) -> FleetState:
+        for ev in events:
+            self.apply(ev)
+        return self
+
+    def apply(self, ev: RecordedEvent) -> None:
+        self.position = ev.position
+        handler = _HANDLERS.get(ev.type)
+        if handler is not None:
+            handler(self, ev)
+
+    def _comp(self, ev: RecordedEvent) -> ComponentView:
+        assert ev.component is not None
+        view = self.components.get(ev.component)
+        if view is None:
+            view = self.components[ev.component] = ComponentView(ev.component)
+        return view
+
+    def _inc(self, ev: RecordedEvent) -> IncidentView | None:
+        return self.incidents.get(ev.incident) if ev.incident is not None else None
+
+    # -- views for the CLI and for digests --------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "components": {k: asdict(v) for k, v in sorted(self.components.items())},
+            "incidents": {str(k): asdict(v) for k, v in sorted(self.incidents.items())},
+            "active_incident": dict(sorted(self.active_incident.items())),
+            "next_incident": self.next_incident,
+        }
+
+    def digest(self) -> str:
+        blob = json.dumps(self.snapshot(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def _process_started(s: FleetState, ev: RecordedEvent) -> None:
+    c = s._comp(ev)
+    c.pid = ev.data.get("pid")
+    c.pid_create_time = ev.data.get("create_time")
+    c.process_running = True
+    c.health = "unknown"  # a new process must prove itself: probes start over
+    c.health_since = ev.ts
+    if ev.type == T.PROCESS_STARTED and ev.data.get("restart"):
+        c.restarts += 1
+
+
+def _process_exited(s: FleetState, ev: RecordedEvent) -> None:
+    c = s._comp(ev)
+    if c.pid == ev.data.get("pid"):
+        c.process_running = False
+    c.last_exit = dict(ev.data)
+
+
+def _component_failed(s: FleetState, ev: RecordedEvent) -> None:
+    c = s._comp(ev)
+    c.health = "failing"
+    c.health_since = ev.ts
+    c.evidence = dict(ev.data)
+
+
+def _component_recovered(s: FleetState, ev: RecordedEvent) -> None:
+    c = s._comp(ev)
+    c.health = "healthy"
+    c.health_since = ev.ts
+    c.evidence = dict(ev.data)
+
+
+def _incident_detected(s: FleetState, ev: RecordedEvent) -> None:
+    assert ev.incident is not None and ev.component is not None
+    s.incidents[ev.incident] = IncidentView(
+        id=ev.incident, component=ev.component, opened_at=ev.ts, evidence=dict(ev.data.get("evidence", {}))
+    )
+    s.active_incident[ev.component] = ev.incident
+    s.next_incident = max(s.next_incident, ev.incident + 1)
+
+
+def _incident_diagnosed(s: FleetState, ev: RecordedEvent) -> None:
+    inc = s._inc(ev)
+    if inc is None:
+        return
+    inc.phase = "diagnosed"
+    inc.failure_class = ev.data.get("failure_class")
+    inc.root_cause = ev.data.get("root_cause")
+    inc.symptoms = list(ev.data.get("symptoms", []))
+    inc.evidence = dict(ev.data.get("evidence", inc.evidence))
+
+
+def _incident_planned(s: FleetState, ev: RecordedEvent) -> None:
+    inc = s._inc(ev)
+    if inc is None:
+        return
+    inc.phase = "planned"
+    inc.policy = ev.data.get("policy")
+    inc.policy_hash = ev.data.get("policy_hash")
+    inc.step_index = int(ev.data.get("step", 0))
+    inc.plan = dict(ev.data)
+    inc.verify_deadline = None
+
+
+def _step_started(s: FleetState, ev: RecordedEvent) -> None:
+    inc = s._inc(ev)
+    if inc is None:
+        return
+    d = ev.data
+    step = int(d.get("step", 0))
+    inc.phase = "acting"
+    inc.attempts[step] = inc.attempts.get(step, 0) + 1
+    inc.actions.append(
+        StepView(
+            step=step,
+            attempt=int(d.get("attempt", 1)),
+            actuator=str(d.get("actuator")),
+            action=str(d.get("action")),
+            key=str(d.get("idempotency_key")),
+            started_at=ev.ts,
+        )
+    )
+    if ev.component is not None:
+        s._comp(ev).last_action_at = ev.ts
+
+
+def _step_finished(s: FleetState, ev: RecordedEvent) -> None:
+    inc = s._inc(ev)
+    if inc is None:
+        return
+    key = ev.data.get("idempotency_key")
+    for step in reversed(inc.actions):
+        if step.key == key and step.outcome is None:
+            step.outcome = ev.type.removeprefix("step.")
+            step.finished_at = ev.ts
+            step.detail = dict(ev.data)
+            break
+    if ev.type == T.STEP_SUCCEEDED:
+        inc.phase = "verifying"
+        timeout = float((inc.plan or {}).get("verify_timeout", 30.0))
+        inc.verify_deadline = ev.ts + timeout
+    else:
+        inc.phase = "diagnosed"  # waiting for the planner's next step
+        inc.verify_deadline = None
+
+
+def _verification_failed(s: FleetState, ev: RecordedEvent) -> None:
+    inc = s._inc(ev)
+    if inc is not None:
+        inc.phase = "diagnosed"
+        inc.verify_deadline = None
+
+
+def _incident_verified(s: FleetState, ev: RecordedEvent) -> None:
+    inc = s._inc(ev)
+    if inc is not None:
+        inc.verify_deadline = None
+
+
+def _incident_resolved(s: FleetState, ev: RecordedEvent) -> None:
+    inc = s._inc(ev)
+    if inc is None:
+        return
+    inc.status = "resolved"
+    inc.phase = "resolved"
+    inc.resolved_at = ev.ts
+    inc.resolution = ev.data.get("resolution")
+    inc.rto_achieved = ev.ts - inc.opened_at
+    inc.verify_deadline = None
+    if s.active_incident.get(inc.component) == inc.id:
+        del s.active_incident[inc.component]
+
+
+def _incident_escalated(s: FleetState, ev: RecordedEvent) -> None:
+    inc = s._inc(ev)
+    if inc is None:
+        return
+    inc.status = "escalated"
+    inc.phase = "escalated"
+    inc.escalated_at = ev.ts
+    inc.escalation_reason = ev.data.get("reason")
+    inc.verify_deadline = None
+
+
+def _policies_loaded(s: FleetState, ev: RecordedEvent) -> None:
+    s.policies_hash = ev.data.get("hash")
+
+
+_HANDLERS: dict[str, Callable[[FleetState, RecordedEvent], None]] = {
+    T.PROCESS_STARTED: _process_started,
+    T.PROCESS_ADOPTED: _process_started,
+    T.PROCESS_EXITED: _process_exited,
+    T.COMPONENT_FAILED: _component_failed,
+    T.COMPONENT_RECOVERED: _component_recovered,
+    T.INCIDENT_DETECTED: _incident_detected,
+    T.INCIDENT_DIAGNOSED: _incident_diagnosed,
+    T.INCIDENT_PLANNED: _incident_planned,
+    T.STEP_STARTED: _step_started,
+    T.STEP_SUCCEEDED: _step_finished,
+    T.STEP_FAILED: _step_finished,
+    T.STEP_INTERRUPTED: _step_finished,
+    T.VERIFICATION_FAILED: _verification_failed,
+    T.INCIDENT_VERIFIED: _incident_verified,
+    T.INCIDENT_RESOLVED: _incident_resolved,
+    T.INCIDENT_ESCALATED: _incident_escalated,
+    T.POLICIES_LOADED: _policies_loaded,
+}

@@ -1,0 +1,201 @@
+"""Runs every probe on its schedule and turns results into observations.
+
+Each probe gets hysteresis (N consecutive failures to fail, M passes to pass); a component is
+failing when any of its probes fails and healthy when all pass. Only transitions become
+events: the log records what changed, not every heartbeat of every probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from healer.clock import Clock
+from healer.config import HealerConfig, ProbeConfig
+from healer.knowledge.events import Event
+from healer.knowledge.events import EventType as T
+from healer.monitor.probes import Probe, ProbeRegistry, ProbeResult
+from healer.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+# After a (re)start a probe looks this often until it is conclusive, so recovery is seen fast.
+STARTUP_INTERVAL = 0.2
+
+
+@dataclass
+class ProbeRunner:
+    name: str
+    spec: ProbeConfig
+    probe: Probe
+    status: str = "unknown"  # unknown | passing | failing
+    passes: int = 0
+    failures: int = 0
+    last: ProbeResult | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def record(self, result: ProbeResult) -> None:
+        self.last = result
+        if result.ok is None:
+            return
+        if result.ok:
+            self.passes += 1
+            self.failures = 0
+            if self.passes >= self.spec.success_threshold:
+                self.status = "passing"
+        else:
+            self.failures += 1
+            self.passes = 0
+            if self.failures >= self.spec.failure_threshold:
+                self.status = "failing"
+
+    def force_failing(self, result: ProbeResult) -> None:
+        self.last = result
+        self.failures = max(self.failures, self.spec.failure_threshold)
+        self.passes = 0
+        self.status = "failing"
+
+    def reset(self) -> None:
+        self.status, self.passes, self.failures, self.last = "unknown", 0, 0, None
+        self.wake.set()
+
+    def evidence(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.status, "type": self.spec.type}
+        if self.last is not None:
+            out["detail"] = self.last.detail
+            if self.last.values:
+                out["values"] = dict(self.last.values)
+        return out
+
+
+@dataclass
+class ComponentHealth:
+    name: str
+    runners: list[ProbeRunner]
+    reported: str = "unknown"
+
+    def aggregate(self) -> str:
+        statuses = {r.status for r in self.runners}
+        if "failing" in statuses:
+            return "failing"
+        if statuses == {"passing"}:
+            return "healthy"
+        return "unknown"
+
+
+class _Ctx:
+    def __init__(self, component: str, supervisor: Supervisor, http: httpx.AsyncClient) -> None:
+        self._component = component
+        self._supervisor = supervisor
+        self._http = http
+
+    @property
+    def component(self) -> str:
+        return self._component
+
+    def supervised_pid(self) -> int | None:
+        return self._supervisor.pid(self._component)
+
+    def supervised_uptime(self) -> float | None:
+        return self._supervisor.uptime(self._component)
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        return self._http
+
+
+class Monitor:
+    def __init__(
+        self,
+        config: HealerConfig,
+        registry: ProbeRegistry,
+        supervisor: Supervisor,
+        emit: Callable[[Event], None],
+        clock: Clock,
+        http: httpx.AsyncClient,
+    ) -> None:
+        self._emit = emit
+        self._clock = clock
+        self.components: dict[str, ComponentHealth] = {}
+        for name, comp in config.components.items():
+            specs = list(comp.probes)
+            if comp.command is not None and not any(s.type == "process" for s in specs):
+                specs.insert(0, ProbeConfig(type="process", interval=1.0, failure_threshold=1))
+            runners = []
+            for i, spec in enumerate(specs):
+                params = registry.validate(spec.type, spec.params)
+                probe = registry.create(spec.type, params, _Ctx(name, supervisor, http))
+                runners.append(ProbeRunner(spec.name or f"{spec.type}#{i}", spec, probe))
+            self.components[name] = ComponentHealth(name, runners)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for comp in self.components.values():
+                for runner in comp.runners:
+                    tg.create_task(self._loop(comp, runner), name=f"probe:{comp.name}:{runner.name}")
+
+    async def _loop(self, comp: ComponentHealth, runner: ProbeRunner) -> None:
+        spec = runner.spec
+        # Spread first checks so a fleet's probes do not fire in lock-step.
+        await self._clock.sleep(random.uniform(0, min(spec.interval, 0.1)))  # noqa: S311
+        while True:
+            runner.wake.clear()
+            result = await self._check(runner)
+            runner.record(result)
+            self._update(comp)
+            delay = spec.interval if runner.status != "unknown" else min(spec.interval, STARTUP_INTERVAL)
+            if spec.jitter:
+                delay += random.uniform(0, spec.jitter)  # noqa: S311
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await runner.wake.wait()
+
+    async def _check(self, runner: ProbeRunner) -> ProbeResult:
+        try:
+            async with asyncio.timeout(runner.spec.timeout):
+                return await runner.probe.check()
+        except TimeoutError:
+            return ProbeResult(False, f"timed out after {runner.spec.timeout:g}s")
+        except Exception as exc:
+            # A broken probe plugin says nothing about the target: unknown, never healthy.
+            log.warning("probe %s raised %s: %s", runner.name, type(exc).__name__, exc)
+            runner.status, runner.passes, runner.failures = "unknown", 0, 0
+            return ProbeResult(None, f"probe error: {type(exc).__name__}: {exc}"[:200])
+
+    def _update(self, comp: ComponentHealth) -> None:
+        health = comp.aggregate()
+        if health in (comp.reported, "unknown"):
+            return
+        comp.reported = health
+        probes = {r.name: r.evidence() for r in comp.runners}
+        failing = sorted(r.name for r in comp.runners if r.status == "failing")
+        kind = T.COMPONENT_FAILED if health == "failing" else T.COMPONENT_RECOVERED
+        data: dict[str, Any] = {"probes": probes}
+        if failing:
+            data["failing"] = failing
+        self._emit(Event(kind, self._clock.wall(), component=comp.name, data=data))
+
+    # -- hooks from the supervisor ------------------------------------------------------------
+    def process_started(self, component: str) -> None:
+        comp = self.components.get(component)
+        if comp is None:
+            return
+        comp.reported = "unknown"
+        for runner in comp.runners:
+            runner.reset()
+
+    def process_exited(self, component: str, data: dict[str, Any]) -> None:
+        comp = self.components.get(component)
+        if comp is None or data.get("expected"):
+            return
+        for runner in comp.runners:
+            if runner.spec.type == "process":
+                runner.force_failing(ProbeResult(False, "process exited", data))
+        self._update(comp)

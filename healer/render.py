@@ -1,0 +1,110 @@
+"""How events read to a person: one line per event, for the daemon's log and ``healer log``."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from healer.knowledge.events import EventType as T
+from healer.knowledge.events import RecordedEvent
+
+LEVELS: dict[str, str] = {
+    T.INCIDENT_ESCALATED: "error",
+    T.STEP_FAILED: "warning",
+    T.STEP_INTERRUPTED: "warning",
+    T.VERIFICATION_FAILED: "warning",
+    T.COMPONENT_FAILED: "warning",
+    T.INCIDENT_DETECTED: "warning",
+    T.POLICIES_REJECTED: "error",
+}
+
+STYLES = {"error": "bold red", "warning": "yellow", "info": "green", "debug": "dim"}
+
+
+def level_of(rec: RecordedEvent) -> str:
+    if rec.type == T.PROCESS_EXITED and not rec.data.get("expected"):
+        return "warning"
+    return LEVELS.get(rec.type, "info")
+
+
+def describe(rec: RecordedEvent) -> str:
+    d = rec.data
+    who = rec.component or "healer"
+    inc = f"[incident {rec.incident}] " if rec.incident is not None else ""
+    t = rec.type
+    if t == T.PROCESS_STARTED:
+        return f"{who}: process started, pid {d.get('pid')}" + (" (restart)" if d.get("restart") else "")
+    if t == T.PROCESS_ADOPTED:
+        return f"{who}: adopted running process pid {d.get('pid')}"
+    if t == T.PROCESS_EXITED:
+        how = f"signal {d['signal']}" if "signal" in d else f"status {d.get('exit_code', '?')}"
+        return f"{who}: process {d.get('pid')} exited ({how}){' as requested' if d.get('expected') else ''}"
+    if t == T.COMPONENT_FAILED:
+        return f"{who}: health failing: {_probe_summary(d)}"
+    if t == T.COMPONENT_RECOVERED:
+        return f"{who}: healthy again"
+    if t == T.INCIDENT_DETECTED:
+        return f"{inc}{who}: detected from {d.get('observation')} (event #{d.get('cause')})"
+    if t == T.INCIDENT_DIAGNOSED:
+        return f"{inc}{who}: diagnosed {d.get('failure_class')}, root cause {d.get('root_cause')}"
+    if t == T.INCIDENT_PLANNED:
+        wait = ""
+        nb = d.get("not_before")
+        if isinstance(nb, int | float) and nb - rec.ts > 0.05:
+            wait = f", not before +{nb - rec.ts:.1f}s (cooldown)"
+        return (
+            f"{inc}{who}: plan {d.get('strategy')} attempt {d.get('attempt')}/{d.get('max_attempts')} "
+            f"via {d.get('actuator')} (policy {d.get('policy')} @{d.get('policy_hash')}){wait}"
+        )
+    if t == T.STEP_STARTED:
+        return f"{inc}{who}: {d.get('action')} started, key {d.get('idempotency_key')}"
+    if t == T.STEP_SUCCEEDED:
+        return f"{inc}{who}: {d.get('action')} succeeded in {d.get('duration_s', 0):.2f}s"
+    if t == T.STEP_FAILED:
+        return f"{inc}{who}: {d.get('action')} failed: {d.get('error')}"
+    if t == T.STEP_INTERRUPTED:
+        return f"{inc}{who}: {d.get('action', 'step')} interrupted: {d.get('reason')}"
+    if t == T.VERIFICATION_FAILED:
+        return f"{inc}{who}: verification failed: {d.get('reason')}"
+    if t == T.INCIDENT_VERIFIED:
+        after = d.get("verified_after")
+        return f"{inc}{who}: verified healthy" + (
+            f" {after:.2f}s after the action" if after is not None else ""
+        )
+    if t == T.INCIDENT_RESOLVED:
+        return f"{inc}{who}: resolved ({d.get('resolution')}), RTO {d.get('rto_achieved', 0):.2f}s"
+    if t == T.INCIDENT_ESCALATED:
+        return f"{inc}{who}: ESCALATED to a human: {d.get('reason')}"
+    if t == T.POLICIES_LOADED:
+        count = len(d.get("policies", []))
+        return f"policies {'re' if d.get('reload') else ''}loaded: {count} policies, hash {d.get('hash')}"
+    if t == T.POLICIES_REJECTED:
+        problems = "; ".join(d.get("problems", [])[:3])
+        return f"policy reload rejected, previous policies kept: {problems}"
+    if t == T.DAEMON_STARTED:
+        return (
+            f"healer {d.get('version')} started, pid {d.get('pid')}, "
+            f"rebuilt state at #{d.get('rebuilt_position')}"
+        )
+    if t == T.DAEMON_STOPPED:
+        return f"healer stopped, pid {d.get('pid')}"
+    return f"{inc}{who}: {t}"
+
+
+def _probe_summary(d: Any) -> str:
+    probes = d.get("probes", {})
+    parts = []
+    for name in d.get("failing", []):
+        detail = probes.get(name, {}).get("detail", "")
+        parts.append(f"{name} ({detail})" if detail else name)
+    return ", ".join(parts) or "probes failing"
+
+
+def timestamp(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).isoformat(timespec="milliseconds")
