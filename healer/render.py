@@ -49,12 +49,13 @@ def describe(rec: RecordedEvent) -> str:
         return f"{inc}{who}: diagnosed {d.get('failure_class')}, root cause {d.get('root_cause')}"
     if t == T.INCIDENT_PLANNED:
         wait = ""
+        via = ", ".join(f"{a.get('actuator')}.{a.get('action')}" for a in d.get("actions", [])) or "-"
         nb = d.get("not_before")
         if isinstance(nb, int | float) and nb - rec.ts > 0.05:
             wait = f", not before +{nb - rec.ts:.1f}s (cooldown)"
         return (
             f"{inc}{who}: plan {d.get('strategy')} attempt {d.get('attempt')}/{d.get('max_attempts')} "
-            f"via {d.get('actuator')} (policy {d.get('policy')} @{d.get('policy_hash')}){wait}"
+            f"via {via} (policy {d.get('policy')} @{d.get('policy_hash')}){wait}"
         )
     if t == T.STEP_STARTED:
         return f"{inc}{who}: {d.get('action')} started, key {d.get('idempotency_key')}"

@@ -50,35 +50,55 @@ class Executor:
 
     async def _run(self, planned: RecordedEvent) -> None:
         d = planned.data
-        key = str(d["idempotency_key"])
+        plan_key = str(d["idempotency_key"])
         iid = planned.incident
         comp = planned.component
         assert iid is not None and comp is not None
         wait = float(d.get("not_before", 0)) - self._clock.wall()
         if wait > 0:
             await self._clock.sleep(wait)
+        actions = list(d.get("actions") or [])
+        for index, action in enumerate(actions):
+            ok = await self._run_action(planned, plan_key, index, action, comp, iid)
+            if not ok:
+                return  # the planner decides what follows a failed action
 
-        def still_planned(state: FleetState) -> bool:
+    async def _run_action(
+        self, planned: RecordedEvent, plan_key: str, index: int, action: dict[str, Any], comp: str, iid: int
+    ) -> bool:
+        d = planned.data
+        key = f"{plan_key}/action-{index}"
+        phase = "planned" if index == 0 else "acting"
+
+        def still_current(state: FleetState) -> bool:
             inc = state.incidents.get(iid)
             return (
-                inc is not None and inc.phase == "planned" and (inc.plan or {}).get("idempotency_key") == key
+                inc is not None and inc.phase == phase and (inc.plan or {}).get("idempotency_key") == plan_key
             )
 
-        base = {k: d.get(k) for k in ("step", "attempt", "actuator", "action", "policy", "idempotency_key")}
+        base = {
+            "step": d.get("step"),
+            "attempt": d.get("attempt"),
+            "policy": d.get("policy"),
+            "plan_key": plan_key,
+            "action_index": index,
+            "actuator": action.get("actuator"),
+            "action": action.get("action"),
+            "idempotency_key": key,
+        }
         started = await self._record(
-            Event(T.STEP_STARTED, self._clock.wall(), comp, iid, base), still_planned
+            Event(T.STEP_STARTED, self._clock.wall(), comp, iid, base), still_current
         )
         if started is None:
-            return  # the incident moved on while this step waited
+            return False  # the incident moved on while this step waited
         me = asyncio.current_task()
         assert me is not None
         self._acting.add(me)
-        me.add_done_callback(self._acting.discard)
-        ctx = ActionContext(comp, str(d["action"]), dict(d.get("params") or {}), key, iid)
-        timeout = float(d.get("timeout") or 30.0)
+        ctx = ActionContext(comp, str(action.get("action")), dict(action.get("params") or {}), key, iid)
+        timeout = float(action.get("timeout") or 30.0)
         t0 = self._clock.monotonic()
         try:
-            actuator = self._registry.get(str(d["actuator"]))
+            actuator = self._registry.get(str(action.get("actuator")))
             async with asyncio.timeout(timeout):
                 result = await actuator.perform(ctx)
         except asyncio.CancelledError:
@@ -99,13 +119,18 @@ class Executor:
             raise
         except TimeoutError:
             await self._finish(T.STEP_FAILED, comp, iid, base, t0, {"error": f"timed out after {timeout:g}s"})
+            return False
         except (ActuatorError, HealerError, ValueError, OSError) as exc:
             await self._finish(T.STEP_FAILED, comp, iid, base, t0, {"error": str(exc)})
+            return False
         except Exception as exc:  # a plugin bug fails the step, never the daemon
-            log.exception("actuator %s crashed", d.get("actuator"))
+            log.exception("actuator %s crashed", action.get("actuator"))
             await self._finish(T.STEP_FAILED, comp, iid, base, t0, {"error": f"{type(exc).__name__}: {exc}"})
-        else:
-            await self._finish(T.STEP_SUCCEEDED, comp, iid, base, t0, {"result": result})
+            return False
+        finally:
+            self._acting.discard(me)
+        await self._finish(T.STEP_SUCCEEDED, comp, iid, base, t0, {"result": result})
+        return True
 
     async def _finish(
         self, kind: str, comp: str, iid: int, base: dict[str, Any], t0: float, extra: dict[str, Any]

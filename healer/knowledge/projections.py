@@ -35,7 +35,8 @@ class ComponentView:
 
 @dataclass
 class StepView:
-    step: int
+    step: int  # index in the policy's escalation chain
+    action_index: int  # index in the planned step's saga of actions
     attempt: int
     actuator: str
     action: str
@@ -208,11 +209,14 @@ def _step_started(s: FleetState, ev: RecordedEvent) -> None:
         return
     d = ev.data
     step = int(d.get("step", 0))
+    action_index = int(d.get("action_index", 0))
     inc.phase = "acting"
-    inc.attempts[step] = inc.attempts.get(step, 0) + 1
+    if action_index == 0:  # one attempt per saga, however many actions it has
+        inc.attempts[step] = inc.attempts.get(step, 0) + 1
     inc.actions.append(
         StepView(
             step=step,
+            action_index=action_index,
             attempt=int(d.get("attempt", 1)),
             actuator=str(d.get("actuator")),
             action=str(d.get("action")),
@@ -235,6 +239,9 @@ def _step_finished(s: FleetState, ev: RecordedEvent) -> None:
             step.finished_at = ev.ts
             step.detail = dict(ev.data)
             break
+    last_action = len((inc.plan or {}).get("actions", [])) - 1
+    if ev.type == T.STEP_SUCCEEDED and int(ev.data.get("action_index", 0)) < last_action:
+        return  # more actions of this saga to run
     if ev.type == T.STEP_SUCCEEDED:
         inc.phase = "verifying"
         timeout = float((inc.plan or {}).get("verify_timeout", 30.0))

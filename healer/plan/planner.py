@@ -85,9 +85,9 @@ def next_step(
                 "policies_hash": policies.hash,
                 "step": idx,
                 "strategy": step.strategy,
-                "actuator": actuator,
-                "action": action,
-                "params": {},
+                # The saga Execute runs for this step, in order. A strategy may expand to several
+                # actions (rollback: halt, restore, compensate, restart); restart is one.
+                "actions": [{"actuator": actuator, "action": action, "params": {}, "timeout": step.timeout}],
                 "attempt": attempt,
                 "max_attempts": step.max_attempts,
                 "not_before": not_before,
