@@ -45,7 +45,9 @@ class Broker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {self.log.read_text(errors='replace')}")
+                raise RuntimeError(
+                    f"mosquitto exited with {self.proc.returncode}: {self.log.read_text(errors='replace')}"
+                )
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
                     return

@@ -52,8 +52,14 @@ def wait_for(pred: Callable[[], Any], timeout: float = 15.0, interval: float = 0
         time.sleep(interval)
 
 
-def agent_component(name: str, port: int, *extra: str, probe_interval: str = "0.3s", deps: list[str] | None = None,
-                    min_uptime: str | None = None) -> str:
+def agent_component(
+    name: str,
+    port: int,
+    *extra: str,
+    probe_interval: str = "0.3s",
+    deps: list[str] | None = None,
+    min_uptime: str | None = None,
+) -> str:
     argv = [PY, "-m", "healer.demo.fakeagent", "--name", name, "--port", str(port), *extra]
     probes = f"""\
     probes:
@@ -105,7 +111,10 @@ class DaemonProcess:
         full_env = {**os.environ, **(env or {})}
         self._logf = self.log.open("wb")
         self.proc = subprocess.Popen(
-            [PY, "-m", "healer", "run", "-c", str(config)], stdout=self._logf, stderr=subprocess.STDOUT, env=full_env
+            [PY, "-m", "healer", "run", "-c", str(config)],
+            stdout=self._logf,
+            stderr=subprocess.STDOUT,
+            env=full_env,
         )
 
     @property
@@ -131,15 +140,26 @@ class DaemonProcess:
         self._logf.close()
 
 
-def events(state_dir: Path, type_prefix: str | None = None, component: str | None = None) -> list[dict[str, Any]]:
+def events(
+    state_dir: Path, type_prefix: str | None = None, component: str | None = None
+) -> list[dict[str, Any]]:
     db = state_dir / "events.db"
     if not db.exists():
         return []
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
-        rows = conn.execute("SELECT position, ts, type, component, incident, data FROM events ORDER BY position")
+        rows = conn.execute(
+            "SELECT position, ts, type, component, incident, data FROM events ORDER BY position"
+        )
         out = [
-            {"position": r[0], "ts": r[1], "type": r[2], "component": r[3], "incident": r[4], "data": json.loads(r[5])}
+            {
+                "position": r[0],
+                "ts": r[1],
+                "type": r[2],
+                "component": r[3],
+                "incident": r[4],
+                "data": json.loads(r[5]),
+            }
             for r in rows
         ]
     except sqlite3.OperationalError:
@@ -149,17 +169,25 @@ def events(state_dir: Path, type_prefix: str | None = None, component: str | Non
     return [
         e
         for e in out
-        if (type_prefix is None or e["type"].startswith(type_prefix)) and (component is None or e["component"] == component)
+        if (type_prefix is None or e["type"].startswith(type_prefix))
+        and (component is None or e["component"] == component)
     ]
 
 
 def component_pid(state_dir: Path, component: str) -> int | None:
-    started = [e for e in events(state_dir, "process.", component) if e["type"] in ("process.started", "process.adopted")]
+    started = [
+        e
+        for e in events(state_dir, "process.", component)
+        if e["type"] in ("process.started", "process.adopted")
+    ]
     return started[-1]["data"]["pid"] if started else None
 
 
 def is_healthy(state_dir: Path, component: str) -> bool:
-    health = [e for e in events(state_dir, "component.", component) + events(state_dir, "process.started", component)]
+    health = [
+        e
+        for e in events(state_dir, "component.", component) + events(state_dir, "process.started", component)
+    ]
     health.sort(key=lambda e: e["position"])
     return bool(health) and health[-1]["type"] == "component.recovered"
 
@@ -168,7 +196,7 @@ def http_ok(port: int) -> bool:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=0.5) as r:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=0.5) as r:
             return r.status == 200
     except OSError:
         return False
