@@ -183,7 +183,7 @@ class Daemon:
                 monitor_task.cancel()
                 await executor.drain(cfg.shutdown_timeout)
                 if cfg.stop_components_on_exit:
-                    await supervisor.stop_all()
+                    await supervisor.stop_all(grace_cap=cfg.shutdown_timeout)
                 await loop.flush()
                 await loop.record(
                     Event(

@@ -144,12 +144,16 @@ class Supervisor:
         self.listener("exited", proc.component, data)
 
     # -- stopping ---------------------------------------------------------------------------
-    async def stop(self, component: str, timeout: float | None = None) -> dict[str, Any]:
+    async def stop(self, component: str, grace_cap: float | None = None) -> dict[str, Any]:
+        """SIGTERM (and SIGCONT), then SIGKILL after the component's stop_timeout (or ``grace_cap``,
+        if shorter: shutdown must fit in the daemon's own stop budget)."""
         proc = self._procs.get(component)
         if proc is None or proc.exited.done():
             return {"already_stopped": True}
         cmd = self.commands.get(component)
-        grace = timeout if timeout is not None else (cmd.stop_timeout if cmd else 5.0)
+        grace = cmd.stop_timeout if cmd else 5.0
+        if grace_cap is not None:
+            grace = min(grace, grace_cap)
         proc.stopping = True
         self._signal(proc, signal.SIGTERM)
         # A stopped (SIGSTOP) process cannot act on SIGTERM until it is continued.
@@ -177,9 +181,9 @@ class Supervisor:
         started = self.start(component, restart=True)
         return {"stopped": stopped, "pid": started["pid"]}
 
-    async def stop_all(self, timeout: float | None = None) -> None:
+    async def stop_all(self, grace_cap: float | None = None) -> None:
         names = [c for c, p in self._procs.items() if not p.exited.done()]
-        await asyncio.gather(*(self.stop(c, timeout) for c in names), return_exceptions=True)
+        await asyncio.gather(*(self.stop(c, grace_cap) for c in names), return_exceptions=True)
 
     def close(self) -> None:
         loop = asyncio.get_running_loop()

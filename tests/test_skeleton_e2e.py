@@ -184,3 +184,88 @@ def test_sd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
     assert "STATUS=" in ready
     assert got.index(ready) < next(i for i, m in enumerate(got) if "STOPPING=1" in m)
     assert sum("WATCHDOG=1" in m for m in got) >= 1
+
+
+STUBBORN = """
+import http.server, signal, sys
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only SIGKILL stops this one
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def test_sigterm_during_an_action_records_it_interrupted_and_the_next_run_finishes_it(tmp_path: Path) -> None:
+    import sys
+
+    port = free_port()
+    comp = f"""\
+  stubborn:
+    command:
+      argv: {json.dumps([sys.executable, "-c", STUBBORN, str(port)])}
+      stop_timeout: 60s
+    probes:
+      - type: http
+        url: http://127.0.0.1:{port}/
+        interval: 0.3s
+        timeout: 0.3s
+        failure_threshold: 2
+"""
+    cfg = write_config(tmp_path, comp)
+    cfg.write_text(cfg.read_text().replace("shutdown_timeout: 5s", "shutdown_timeout: 1s"))
+    state = tmp_path / "state"
+    with running_daemon(cfg) as d:
+        wait_for(lambda: is_healthy(state, "stubborn"))
+        pid = component_pid(state, "stubborn") or 0
+        os.kill(
+            pid, signal.SIGSTOP
+        )  # a hang: healer restarts it; the stop waits on a process ignoring SIGTERM
+        wait_for(lambda: events(state, "step.started"), what="restart under way")
+        t0 = time.monotonic()
+        assert d.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - t0 < 10, "shutdown is bounded by shutdown_timeout, not the action"
+    interrupted = events(state, "step.interrupted")
+    assert len(interrupted) == 1 and interrupted[0]["data"]["reason"] == "daemon stopping"
+    assert events(state, "daemon.stopped")
+
+    with running_daemon(cfg) as d2:
+        resolved = wait_for(lambda: events(state, "incident.resolved"), what="finished after restart")
+        assert resolved[0]["incident"] == interrupted[0]["incident"]
+        keys = [e["data"]["idempotency_key"] for e in events(state, "step.started")]
+        assert len(keys) == len(set(keys)) == 2, "the retry is a new attempt with its own key"
+        assert http_ok(port)
+        assert d2.stop() == 0
+
+
+def test_log_follow_json_streams_an_incident_in_order(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    port = free_port()
+    cfg = write_config(tmp_path, agent_component("agent-l", port))
+    state = tmp_path / "state"
+    with running_daemon(cfg) as d:
+        wait_for(lambda: is_healthy(state, "agent-l"))
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "healer", "log", "-f", "--json", "--state-dir", str(state)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            os.kill(component_pid(state, "agent-l") or 0, signal.SIGKILL)
+            seen: list[dict[str, object]] = []
+            assert follower.stdout is not None
+            while not any(e["type"] == "incident.resolved" for e in seen):
+                line = follower.stdout.readline()
+                assert line, "follower ended early"
+                seen.append(json.loads(line))
+        finally:
+            follower.terminate()
+            follower.wait(10)
+        positions = [int(str(e["position"])) for e in seen]
+        assert positions == list(range(1, len(positions) + 1)), "in order, no gaps"
+        status = json.loads(healer_cli("status", "--state-dir", str(state), "--json").stdout)
+        assert status["components"]["agent-l"]["health"] == "healthy"
+        assert d.stop() == 0
