@@ -45,7 +45,7 @@ def free_port() -> int:
 
 def health_pid(port: int, timeout: float = 0.2) -> int | None:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=timeout) as r:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=timeout) as r:
             if r.status == 200:
                 return int(json.loads(r.read())["pid"])
     except (OSError, ValueError, KeyError):
