@@ -177,7 +177,7 @@ def start_monit(work: Path, argv: list[str], port: int) -> subprocess.Popen[byte
             set idfile {work / "monit.id"}
             set statefile {work / "monit.state"}
             check process agent with pidfile {pidfile}
-              start program = "{starter}"
+              start program = "{starter}" with timeout 2 seconds
               stop program = "/bin/sh -c 'kill -9 $(cat {pidfile})'"
               if failed host 127.0.0.1 port {port} protocol http request "/health" with timeout 1 seconds
                  then restart
@@ -293,7 +293,8 @@ def main() -> int:
         ),
         "monit": Peer(
             "monit",
-            "set daemon 1 (shortest cycle), pidfile check + `if failed port ... protocol http ... then restart`",
+            "set daemon 1 (shortest cycle), start timeout 2 s (connection tests pause until it passes), "
+            "pidfile check + `if failed port ... protocol http ... timeout 1 s then restart`",
             start_monit,
             settle=1.5,
         ),
