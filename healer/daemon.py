@@ -140,7 +140,7 @@ class Daemon:
                 else:
                     monitor.process_exited(component, data)
 
-            supervisor = Supervisor(commands, cfg.state_dir / "logs", on_process)
+            supervisor = Supervisor(commands, cfg.state_dir / "logs", on_process, instance=str(cfg.state_dir))
             monitor = Monitor(cfg, registry, supervisor, loop.submit, self.clock, http)
             actuators = ActuatorRegistry.discover(ActuatorServices(supervisor))
             executor = Executor(actuators, loop.record, self.clock)
@@ -218,6 +218,15 @@ class Daemon:
                     and comp.pid_create_time is not None
                     and supervisor.adopt(name, comp.pid, comp.pid_create_time)
                 )
+                strays = [pc for pc in supervisor.find_unrecorded(name) if comp is None or pc[0] != comp.pid]
+                if not adopted and strays:
+                    # Spawned by a daemon killed before it could record the spawn: adopt the
+                    # newest, never run two copies.
+                    pid, created = strays.pop(0)
+                    adopted = supervisor.adopt(name, pid, created)
+                for pid, _ in strays:
+                    log.warning("%s: killing stray copy pid %d left by a previous run", name, pid)
+                    supervisor.kill_stray(pid)
                 if not adopted:
                     if comp is not None and comp.process_running and comp.pid is not None:
                         # It died while no daemon was watching: that is an observation too.

@@ -42,11 +42,16 @@ class _Proc:
     stopping: bool = False
 
 
+ENV_COMPONENT = "HEALER_SUPERVISED_COMPONENT"
+ENV_INSTANCE = "HEALER_SUPERVISOR_INSTANCE"
+
+
 @dataclass
 class Supervisor:
     commands: Mapping[str, CommandConfig]
     log_dir: Path
     listener: ProcessListener
+    instance: str = ""  # identifies this daemon's fleet (its state directory) in children's env
     _procs: dict[str, _Proc] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
@@ -75,6 +80,10 @@ class Supervisor:
             raise ActuatorError(f"component {component!r} is already running (pid {self.pid(component)})")
         env = dict(os.environ) if cmd.inherit_env else {}
         env.update(cmd.env)
+        # Marks the process as ours, so a daemon restarted after dying between spawning it and
+        # recording the spawn can still find and adopt it instead of starting a second copy.
+        env[ENV_COMPONENT] = component
+        env[ENV_INSTANCE] = self.instance
         self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         logfd = os.open(self.log_dir / f"{component}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
@@ -116,6 +125,27 @@ class Supervisor:
             return False
         self.listener("adopted", component, {"pid": pid, "create_time": create_time})
         return True
+
+    def find_unrecorded(self, component: str) -> list[tuple[int, float]]:
+        """Live processes this fleet started for ``component`` (newest first), found by their env."""
+        found = []
+        for proc in psutil.process_iter(["pid", "create_time", "status"]):
+            try:
+                if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                    continue
+                env = proc.environ()
+            except psutil.Error:
+                continue
+            if env.get(ENV_COMPONENT) == component and env.get(ENV_INSTANCE) == self.instance:
+                # Only the group leader is the component's process; its children share the env.
+                with contextlib.suppress(psutil.Error):
+                    if os.getpgid(proc.info["pid"]) == proc.info["pid"]:
+                        found.append((proc.info["pid"], proc.info["create_time"]))
+        return sorted(found, key=lambda pc: -pc[1])
+
+    def kill_stray(self, pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
 
     def _watch(
         self, component: str, pid: int, create_time: float, popen: subprocess.Popen[bytes] | None, mono: float

@@ -269,3 +269,38 @@ def test_log_follow_json_streams_an_incident_in_order(tmp_path: Path) -> None:
         status = json.loads(healer_cli("status", "--state-dir", str(state), "--json").stdout)
         assert status["components"]["agent-l"]["health"] == "healthy"
         assert d.stop() == 0
+
+
+def test_a_spawn_the_dead_daemon_never_recorded_is_adopted_not_duplicated(tmp_path: Path) -> None:
+    """The daemon can die between spawning a process and recording it: the next run must find it."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    cfg = write_config(tmp_path, agent_component("agent-u", port))
+    state = tmp_path / "state"
+    with running_daemon(cfg) as d:
+        wait_for(lambda: is_healthy(state, "agent-u"))
+        recorded = component_pid(state, "agent-u") or 0
+        d.proc.kill()
+        d.proc.wait()
+        # What a dying daemon leaves behind: the recorded process is gone, and a replacement it
+        # spawned (same fleet markers in its environment) was never written to the log.
+        os.kill(recorded, signal.SIGKILL)
+        env = {
+            **os.environ,
+            "HEALER_SUPERVISED_COMPONENT": "agent-u",
+            "HEALER_SUPERVISOR_INSTANCE": str(state),
+            "HEALER_TEST_MARK": "unrecorded",
+        }
+        argv = [sys.executable, "-m", "healer.demo.fakeagent", "--name", "agent-u", "--port", str(port)]
+        stray = subprocess.Popen(argv, env=env, start_new_session=True)
+        wait_for(lambda: http_ok(port), what="unrecorded copy serving")
+        with running_daemon(cfg) as d2:
+            adopted = wait_for(
+                lambda: events(state, "process.adopted"), what="adoption of the unrecorded copy"
+            )
+            assert adopted[0]["data"]["pid"] == stray.pid
+            assert len(events(state, "process.started", "agent-u")) == 1, "no second copy was started"
+            assert d2.stop() == 0
+        assert stray.wait(10) is not None
