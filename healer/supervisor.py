@@ -44,6 +44,7 @@ class _Proc:
 
 ENV_COMPONENT = "HEALER_SUPERVISED_COMPONENT"
 ENV_INSTANCE = "HEALER_SUPERVISOR_INSTANCE"
+ENV_ACTION_KEY = "HEALER_ACTION_KEY"
 
 
 @dataclass
@@ -72,7 +73,9 @@ class Supervisor:
         return self._locks.setdefault(component, asyncio.Lock())
 
     # -- starting ---------------------------------------------------------------------------
-    def start(self, component: str, *, restart: bool = False) -> dict[str, Any]:
+    def start(
+        self, component: str, *, restart: bool = False, action_key: str | None = None
+    ) -> dict[str, Any]:
         cmd = self.commands.get(component)
         if cmd is None:
             raise ActuatorError(f"component {component!r} has no command: healer does not supervise it")
@@ -84,6 +87,8 @@ class Supervisor:
         # recording the spawn can still find and adopt it instead of starting a second copy.
         env[ENV_COMPONENT] = component
         env[ENV_INSTANCE] = self.instance
+        if action_key is not None:
+            env[ENV_ACTION_KEY] = action_key  # which recorded action started it: for audits
         self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         logfd = os.open(self.log_dir / f"{component}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
@@ -106,6 +111,8 @@ class Supervisor:
         except psutil.Error:
             create_time = 0.0
         data = {"pid": popen.pid, "create_time": create_time, "argv": list(cmd.argv), "restart": restart}
+        if action_key is not None:
+            data["action_key"] = action_key
         self._watch(component, popen.pid, create_time, popen, time.monotonic())
         self.listener("started", component, data)
         return data
@@ -206,9 +213,9 @@ class Supervisor:
             else:
                 signal.pidfd_send_signal(proc.pidfd, sig)
 
-    async def restart(self, component: str) -> dict[str, Any]:
+    async def restart(self, component: str, action_key: str | None = None) -> dict[str, Any]:
         stopped = await self.stop(component)
-        started = self.start(component, restart=True)
+        started = self.start(component, restart=True, action_key=action_key)
         return {"stopped": stopped, "pid": started["pid"]}
 
     async def stop_all(self, grace_cap: float | None = None) -> None:

@@ -3,3 +3,9 @@
 from tests.broker import broker
 
 __all__ = ["broker"]
+
+
+def pytest_addoption(parser: object) -> None:
+    parser.addoption(  # type: ignore[attr-defined]
+        "--long", action="store_true", default=False, help="reliability suite: many more trials"
+    )

@@ -74,8 +74,8 @@ class ProcessActuator:
             if ctx.action == "start":
                 if self.supervisor.pid(comp) is not None:
                     return {"already_running": self.supervisor.pid(comp)}
-                return self.supervisor.start(comp, restart=True)
-            return await self.supervisor.restart(comp)
+                return self.supervisor.start(comp, restart=True, action_key=ctx.idempotency_key)
+            return await self.supervisor.restart(comp, action_key=ctx.idempotency_key)
 
 
 class ActuatorRegistry:
