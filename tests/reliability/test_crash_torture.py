@@ -92,7 +92,7 @@ def test_crash_torture(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     mark = f"torture-{os.getpid()}-{seed}"
     logs: list[Path] = []
     try:
-        for trial in range(trials):
+        for _trial in range(trials):
             d = DaemonProcess(cfg, {"HEALER_TEST_MARK": mark})
             logs.append(d.log)
             # Let it get somewhere: sometimes barely started, sometimes mid-remediation.
