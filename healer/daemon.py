@@ -23,7 +23,7 @@ from healer import __version__
 from healer.analyze.taxonomy import Taxonomy, load_taxonomy
 from healer.clock import Clock, SystemClock
 from healer.config import HealerConfig
-from healer.errors import PolicyError
+from healer.errors import PolicyError, StoreError
 from healer.execute.actuators import ActuatorRegistry, ActuatorServices
 from healer.execute.executor import Executor
 from healer.knowledge.events import Event, RecordedEvent
@@ -124,7 +124,32 @@ class Daemon:
                 if self._on_event is not None:
                     self._on_event(rec)
 
-            loop = ControlLoop(store, state, decider, self.clock, on_recorded)
+            def on_store_health(exc: Exception | None) -> None:
+                if exc is not None:
+                    self.notifier.status(f"DEGRADED: event store unwritable ({exc}); not acting")
+                    return
+                self.notifier.status(f"healing {len(cfg.components)} components")
+                # Plans recorded before the failure whose intent could not be: dispatch them again.
+                for inc in state.incidents.values():
+                    key = (inc.plan or {}).get("idempotency_key")
+                    if (
+                        inc.phase == "planned"
+                        and inc.plan is not None
+                        and executor is not None
+                        and not executor.dispatched(str(key))
+                    ):
+                        executor.dispatch(
+                            RecordedEvent(
+                                state.position,
+                                T.INCIDENT_PLANNED,
+                                self.clock.wall(),
+                                inc.component,
+                                inc.id,
+                                inc.plan,
+                            )
+                        )
+
+            loop = ControlLoop(store, state, decider, self.clock, on_recorded, on_store_health)
             self.loop = loop
             registry = ProbeRegistry.discover()
 
@@ -185,13 +210,21 @@ class Daemon:
                 if cfg.stop_components_on_exit:
                     await supervisor.stop_all(grace_cap=cfg.shutdown_timeout)
                 await loop.flush()
-                await loop.record(
-                    Event(
-                        T.DAEMON_STOPPED,
-                        self.clock.wall(),
-                        data={"pid": os.getpid(), "digest": state.digest()},
+                try:
+                    await loop.record(
+                        Event(
+                            T.DAEMON_STOPPED,
+                            self.clock.wall(),
+                            data={"pid": os.getpid(), "digest": state.digest()},
+                        )
                     )
-                )
+                except StoreError as exc:
+                    log.error(
+                        "stopping with the event store unwritable (%s): %d observation(s) lost",
+                        exc,
+                        loop.held,
+                    )
+                    self.exit_code = 1
                 for task in (loop_task, *aux):
                     task.cancel()
         finally:

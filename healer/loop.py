@@ -10,7 +10,9 @@ ahead of the log for longer than one batch (a failed append rebuilds it from the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -58,8 +60,22 @@ class ControlLoop:
     decider: Decider
     clock: Clock
     on_recorded: Callable[[RecordedEvent], None]
+    # Called with the store's error when appends start failing, and with None when they work again.
+    on_store_health: Callable[[StoreError | None], None] = lambda _exc: None
     _queue: asyncio.Queue[_Input] = field(default_factory=asyncio.Queue)
     max_batch: int = 1024
+    # While the store cannot be written, observations wait here (bounded; oldest dropped and
+    # counted) and nothing is acted on; they are decided when the store is writable again.
+    max_held: int = 100_000
+    retry_interval: float = 1.0
+    degraded: StoreError | None = None
+    dropped_while_degraded: int = 0
+    _held: deque[_Input] = field(default_factory=deque)
+    _last_complaint: float = float("-inf")
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
 
     # -- inputs -------------------------------------------------------------------------------
     def submit(self, event: Event) -> None:
@@ -84,16 +100,24 @@ class ControlLoop:
     # -- the loop -----------------------------------------------------------------------------
     async def run(self) -> None:
         while True:
-            items = [await self._queue.get()]
+            items: list[_Input] = []
+            if self.degraded is None:
+                items.append(await self._queue.get())
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.retry_interval):
+                        items.append(await self._queue.get())
+                items[:0] = self._held
+                self._held.clear()
             while len(items) < self.max_batch and not self._queue.empty():
                 items.append(self._queue.get_nowait())
-            await self._process(items)
+            if items:
+                await self._process(items)
 
     async def _process(self, items: list[_Input]) -> None:
         now = self.clock.wall()
         decided: list[RecordedEvent] = []
         replies: list[tuple[asyncio.Future[RecordedEvent | None], int | None]] = []
-        start_pos = self.state.position
         for item in items:
             if item.event is None:
                 roots = analyze_deadlines(self.state, now)
@@ -116,12 +140,12 @@ class ControlLoop:
                 if [r.position for r in recorded] != [r.position for r in decided]:
                     raise StoreError("event positions diverged: another writer is appending to this store")
             except StoreError as exc:
-                log.error("cannot record %d event(s): %s; nothing was acted on", len(decided), exc)
-                await self._rebuild(start_pos)
-                for fut, _ in replies:
-                    if not fut.done():
-                        fut.set_exception(exc)
+                await self._store_failed(exc, items, replies, len(decided))
                 return
+            if self.degraded is not None:
+                log.warning("event store writable again; %d held observation(s) recorded", len(items))
+                self.degraded = None
+                self.on_store_health(None)
         for rec in decided:
             try:
                 self.on_recorded(rec)
@@ -130,6 +154,44 @@ class ControlLoop:
         for fut, at in replies:
             if not fut.done():
                 fut.set_result(decided[at] if at is not None else None)
+
+    async def _store_failed(
+        self,
+        exc: StoreError,
+        items: list[_Input],
+        replies: list[tuple[asyncio.Future[RecordedEvent | None], int | None]],
+        count: int,
+    ) -> None:
+        first = self.degraded is None
+        self.degraded = exc
+        now = self.clock.monotonic()
+        if first or now - self._last_complaint >= 10.0:
+            self._last_complaint = now
+            log.error(
+                "EVENT STORE UNWRITABLE: cannot record %d event(s): %s. Nothing is acted on until it "
+                "recovers; observations are held (%d held, %d dropped).",
+                count,
+                exc,
+                len(self._held),
+                self.dropped_while_degraded,
+            )
+        # The snapshot already holds the batch that was not recorded: fold it again from the log.
+        await self._rebuild()
+        # Intents fail at once (their callers must not act); observations and ticks wait.
+        for fut, at in replies:
+            if not fut.done():
+                if at is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(exc)
+        for item in items:
+            if item.reply is None and item.event is not None:
+                if len(self._held) >= self.max_held:
+                    self._held.popleft()
+                    self.dropped_while_degraded += 1
+                self._held.append(item)
+        if first:
+            self.on_store_health(exc)
 
     def _decide(self, event: Event, now: float, out: list[RecordedEvent]) -> None:
         pending = [event]
@@ -142,7 +204,7 @@ class ControlLoop:
             out.append(rec)
             pending.extend(self.decider.follow_ups(self.state, rec, now))
 
-    async def _rebuild(self, _from: int) -> None:
+    async def _rebuild(self) -> None:
         fresh = await rebuild_state(self.store)
         self.state.__dict__.update(fresh.__dict__)
 

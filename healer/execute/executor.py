@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from healer.clock import Clock
-from healer.errors import ActuatorError, HealerError
+from healer.errors import ActuatorError, HealerError, StoreError
 from healer.execute.actuators import ActionContext, ActuatorRegistry
 from healer.knowledge.events import Event, RecordedEvent
 from healer.knowledge.events import EventType as T
@@ -41,6 +41,9 @@ class Executor:
     def in_flight(self) -> int:
         return len(self._tasks)
 
+    def dispatched(self, plan_key: str) -> bool:
+        return any(t.get_name() == f"step:{plan_key}" for t in self._tasks)
+
     def dispatch(self, planned: RecordedEvent) -> None:
         if not self.accepting:
             return
@@ -59,7 +62,12 @@ class Executor:
             await self._clock.sleep(wait)
         actions = list(d.get("actions") or [])
         for index, action in enumerate(actions):
-            ok = await self._run_action(planned, plan_key, index, action, comp, iid)
+            try:
+                ok = await self._run_action(planned, plan_key, index, action, comp, iid)
+            except StoreError as exc:
+                # No intent on record, no action: the step is dispatched again once the store recovers.
+                log.error("not running %s: its intent could not be recorded (%s)", plan_key, exc)
+                return
             if not ok:
                 return  # the planner decides what follows a failed action
 
