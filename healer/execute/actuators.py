@@ -53,6 +53,7 @@ class ActionContext:
     result: Mapping[str, Any] = field(default_factory=dict)
     resumed: bool = False  # crash recovery re-runs this with the same key
     before: Mapping[str, Any] = field(default_factory=dict)  # what prepare() saw, from the intent
+    undoes: str = ""  # in a compensation: the idempotency key of the action it undoes
 
 
 @dataclass(frozen=True)

@@ -402,6 +402,7 @@ class Executor:
             compensating=spec.get("via") == "actuator",
             result=dict(spec.get("result") or {}),
             before=dict(spec.get("before") or {}),
+            undoes=str(spec.get("of") or ""),
         )
         return actuator, ctx
 
