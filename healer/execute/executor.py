@@ -65,6 +65,7 @@ class Outcome:
     error: str | None = None
     permanent: bool = False  # retrying cannot help (bad parameters, unknown actuator)
     breaker: str | None = None  # set when an open breaker failed the call fast
+    duration: float = 0.0
 
 
 @dataclass
@@ -252,7 +253,9 @@ class Executor:
         out = await self._call(actuator, ctx, name, base, interruptible=saga_idempotent)
         if out.status == "succeeded":
             self._faults.hit("after-effect", name, index)
-            await self._note(T.STEP_SUCCEEDED, comp, iid, {**base, "result": out.result})
+            await self._note(
+                T.STEP_SUCCEEDED, comp, iid, {**base, "result": out.result, "duration_s": out.duration}
+            )
             self._faults.hit("after-outcome", name, index)
             done.append(Done(index, key, action, out.result, before))
         return out
@@ -274,9 +277,25 @@ class Executor:
         compensate: bool = False,
     ) -> Outcome:
         """One actuator call under its timeout and breaker; never raises but for cancellation."""
+        t0 = self._clock.monotonic()
+        out = await self._guarded(
+            actuator, ctx, name, base, interruptible=interruptible, compensate=compensate
+        )
+        out.duration = round(self._clock.monotonic() - t0, 6)
+        return out
+
+    async def _guarded(
+        self,
+        actuator: Actuator,
+        ctx: ActionContext,
+        name: str,
+        base: Mapping[str, Any],
+        *,
+        interruptible: bool,
+        compensate: bool,
+    ) -> Outcome:
         target = target_of(actuator, ctx.action, ctx.params, ctx.component)
         fn = actuator.perform if not compensate else getattr(actuator, "compensate")  # noqa: B009
-        t0 = self._clock.monotonic()
         try:
             with self.breakers.calling(name, target, ctx.component, ctx.incident, ctx.idempotency_key):
                 async with asyncio.timeout(ctx.timeout):
@@ -314,9 +333,7 @@ class Executor:
         except Exception as exc:  # a plugin bug fails the action, never the daemon
             log.exception("actuator %s crashed", name)
             return Outcome("failed", error=f"{type(exc).__name__}: {exc}")
-        result = _jsonable(raw)
-        result.setdefault("duration_s", round(self._clock.monotonic() - t0, 6))
-        return Outcome("succeeded", result=result)
+        return Outcome("succeeded", result=_jsonable(raw))
 
     async def _note(self, kind: str, comp: str, iid: int, data: Mapping[str, Any]) -> None:
         await self._record(Event(kind, self._clock.wall(), comp, iid, dict(data)), None)
@@ -375,7 +392,7 @@ class Executor:
                 specs.append(spec)
             else:
                 left.append({"key": d.key, "reason": why})
-        data = {**self._base(plan, index, action), "error": out.error}
+        data = {**self._base(plan, index, action), "error": out.error, "duration_s": out.duration}
         if out.breaker:
             data["breaker"] = out.breaker
         if specs:
@@ -535,7 +552,12 @@ class Executor:
         out = await self._call(actuator, ctx, name, info, interruptible=False, compensate=ctx.compensating)
         if out.status == "succeeded":
             self._faults.hit("after-compensation-effect", name, index)
-            await self._note(T.COMPENSATION_SUCCEEDED, comp, iid, {**info, "try": num, "result": out.result})
+            await self._note(
+                T.COMPENSATION_SUCCEEDED,
+                comp,
+                iid,
+                {**info, "try": num, "result": out.result, "duration_s": out.duration},
+            )
         return out
 
     async def _escalate(self, comp: str, iid: int, reason: str, extra: Mapping[str, Any]) -> None:
@@ -683,7 +705,10 @@ class Executor:
                 return
             self._faults.hit("after-effect", name, index)
             await self._note(
-                T.STEP_SUCCEEDED, comp, iid, {**base, "result": out.result, "recovered": "re-run"}
+                T.STEP_SUCCEEDED,
+                comp,
+                iid,
+                {**base, "result": out.result, "recovered": "re-run", "duration_s": out.duration},
             )
             done.append(Done(index, step.key, action, out.result, step.before))
         else:
