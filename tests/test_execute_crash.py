@@ -57,7 +57,13 @@ def seed(state_dir: Path, component: str, actions: list[dict[str, Any]]) -> None
         now = time.time()
         await store.append(
             [
-                Event(T.INCIDENT_DETECTED, now, component, 1, {"observation": "test", "evidence": {"seeded": True}}),
+                Event(
+                    T.INCIDENT_DETECTED,
+                    now,
+                    component,
+                    1,
+                    {"observation": "test", "evidence": {"seeded": True}},
+                ),
                 Event(
                     T.INCIDENT_DIAGNOSED,
                     now,
