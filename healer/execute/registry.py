@@ -124,6 +124,8 @@ def inspect_entry_points(
     for name, value in _builtin_fallbacks().items():
         if name not in names:
             found.append(EntryPoint(name, value, GROUP))
+    # healer's own actuators first: a plugin earlier on sys.path cannot take a built-in's name.
+    found.sort(key=lambda ep: _origin(ep)[0] not in ("healer", "?"))
     for ep in found:
         dist, version = _origin(ep)
         where = f"entry point {ep.name!r} ({ep.value}) of distribution {dist} {version}"
