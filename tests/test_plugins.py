@@ -18,7 +18,15 @@ from healer.config import ExecuteConfig
 from healer.errors import ActuatorError
 from healer.execute.actuators import ActionContext, ActuatorServices
 from healer.execute.registry import ActuatorRegistry
-from tests.helpers import agent_component, events, free_port, running_daemon, wait_for, write_config
+from tests.helpers import (
+    agent_component,
+    events,
+    free_port,
+    is_healthy,
+    running_daemon,
+    wait_for,
+    write_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -204,9 +212,8 @@ def test_the_daemon_starts_with_broken_plugins_and_records_what_it_refused(
         tmp_path, agent_component("agent-p", free_port()), extra="execute:\n  blocked_actuators: [systemd]\n"
     )
     with running_daemon(cfg, env={"PYTHONPATH": str(broken_site)}) as d:
-        loaded = wait_for(lambda: events(d.state_dir, "actuators.loaded"), what="actuators recorded")[0][
-            "data"
-        ]
+        wait_for(lambda: is_healthy(d.state_dir, "agent-p"), what="up and healing")  # signals handled by now
+        loaded = events(d.state_dir, "actuators.loaded")[0]["data"]
         assert d.stop() == 0
     assert loaded["loaded"]["good"] == "broken-plugins 1.0" and loaded["loaded"]["exec"].startswith("healer ")
     assert "boom at import" in loaded["refused"]["boom"]
