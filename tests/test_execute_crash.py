@@ -115,6 +115,9 @@ def crash_then_recover(tmp_path: Path, ledger: Ledger, actions: list[dict[str, A
     assert not ending(state), "the first daemon died before the saga ended"
     with running_daemon(cfg) as d2:
         wait_for(lambda: ending(state), timeout=30, what=f"saga resolved or escalated after {fault}")
+        # A monitor transition of this run: the daemon is past start-up and handles SIGTERM.
+        restarted_at = events(state, "daemon.started")[-1]["position"]
+        wait_for(lambda: [e for e in events(state, "component.") if e["position"] > restarted_at])
         assert d2.stop() == 0, d2.output()
     assert events(state, "actuators.loaded")
     return state
