@@ -91,6 +91,32 @@ async def test_process_supervised_start_stop_restart_compensate_verify(
     assert act.is_idempotent("restart", {}) and not act.is_idempotent("signal", {})
 
 
+async def test_process_restart_rerun_after_a_crash_does_not_restart_twice(tmp_path: Path) -> None:
+    # The supervisor labels a process with the key of the action that started it (HEALER_ACTION_KEY);
+    # here the label comes from the command's env, as if this key had started it.
+    sup = Supervisor(
+        {
+            "labelled": CommandConfig(
+                argv=[PY, "-c", "import time; time.sleep(60)"], env={"HEALER_ACTION_KEY": KEY}
+            )
+        },
+        tmp_path / "logs",
+        lambda kind, comp, data: None,
+    )
+    try:
+        act = ProcessActuator(services(tmp_path, sup))
+        pid = (await act.perform(ctx("start", component="labelled")))["pid"]
+        again = await act.perform(ctx("restart", component="labelled", resumed=True))
+        assert again == {"pid": pid, "already_done": True}
+        other = await act.perform(
+            ctx("restart", component="labelled", resumed=True, key="incident-1/step-0/attempt-2/action-0")
+        )
+        assert other["pid"] != pid, "a different key is a different restart"
+    finally:
+        await sup.stop_all()
+        sup.close()
+
+
 HUP_LOGGER = """
 import signal, sys, time
 out = sys.argv[1]

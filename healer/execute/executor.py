@@ -36,7 +36,7 @@ import stamina
 
 from healer.clock import Clock
 from healer.config import ExecuteConfig
-from healer.errors import ActuatorError, HealerError
+from healer.errors import ActuatorError, HealerError, StoreError
 from healer.execute.actuators import (
     ActionContext,
     Actuator,
@@ -121,6 +121,10 @@ class Executor:
     def in_flight(self) -> int:
         return len(self._tasks)
 
+    def dispatched(self, plan_key: str) -> bool:
+        """Whether a task for this plan is under way (so it is not dispatched twice)."""
+        return any(t.get_name() == f"step:{plan_key}" for t in self._tasks)
+
     def _record_later(self, event: Event) -> None:
         self._spawn(self._record_quietly(event), f"record:{event.type}")
 
@@ -139,8 +143,13 @@ class Executor:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._acting.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("executor task %s failed", task.get_name(), exc_info=task.exception())
+        exc = task.exception() if not task.cancelled() else None
+        if isinstance(exc, StoreError):
+            # Nothing is acted on without its intent on record; an action whose outcome could not be
+            # recorded keeps an open intent, which recover() resolves (at the latest on restart).
+            log.error("%s stopped: the event store is unwritable (%s)", task.get_name(), exc)
+        elif exc is not None:
+            log.error("executor task %s failed", task.get_name(), exc_info=exc)
 
     def _mark_acting(self) -> None:
         me = asyncio.current_task()
@@ -569,7 +578,11 @@ class Executor:
 
         Call before dispatching anything else: per incident, recovery runs first."""
         resumed = []
+        busy = {t.get_name() for t in self._tasks}
         for iid, inc in sorted(state.incidents.items()):
+            plan_key = (inc.plan or {}).get("idempotency_key")
+            if f"recover:incident-{iid}" in busy or f"step:{plan_key}" in busy:
+                continue  # already being worked on (recover may be called again after a store outage)
             if inc.compensating or self._saga_in_flight(inc):
                 resumed.append(iid)
                 self._spawn(self._recover_incident(state, iid), f"recover:incident-{iid}")

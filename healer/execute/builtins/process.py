@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 from collections.abc import Mapping
@@ -13,7 +14,7 @@ from pydantic import Field, field_validator
 
 from healer.config import Duration
 from healer.errors import ActuatorError
-from healer.execute.actuators import ActionContext
+from healer.execute.actuators import ActionContext, ActuatorServices
 from healer.execute.builtins import Base, Params
 from healer.supervisor import Supervisor
 
@@ -26,6 +27,16 @@ def _signal_of(v: Any) -> str:
         if name in signal.Signals.__members__:
             return name
     raise ValueError(f"unknown signal {v!r} (use a name such as SIGHUP or TERM)")
+
+
+ACTION_KEY_ENV = "HEALER_ACTION_KEY"  # set by the supervisor on a process an action started
+
+
+def _started_by(pid: int) -> str | None:
+    try:
+        return psutil.Process(pid).environ().get(ACTION_KEY_ENV)
+    except psutil.Error:
+        return None
 
 
 class _Target(Params):
@@ -69,6 +80,10 @@ class ProcessActuator(Base):
     def compensates(self, action: str, params: Mapping[str, Any]) -> bool:
         return action in ("stop", "start") and params.get("pid") is None
 
+    def __init__(self, services: ActuatorServices) -> None:
+        super().__init__(services)
+        self._labels: bool | None = None
+
     @property
     def supervisor(self) -> Supervisor:
         if self.services.supervisor is None:
@@ -79,7 +94,13 @@ class ProcessActuator(Base):
         p = self.parse(ctx.action, ctx.params)
         if p.pid is not None:
             return await self._by_pid(ctx.action, p)
-        return await self._supervised(ctx.component, ctx.action, p)
+        if ctx.resumed and ctx.action in ("start", "restart"):
+            # Re-run after a crash with the same key: if the process this key started is the one
+            # running, the restart already happened; doing it again would be a second restart.
+            pid = self.supervisor.pid(ctx.component)
+            if pid is not None and _started_by(pid) == ctx.idempotency_key:
+                return {"pid": pid, "already_done": True}
+        return await self._supervised(ctx.component, ctx.action, p, ctx.idempotency_key)
 
     async def compensate(self, ctx: ActionContext) -> dict[str, Any]:
         undo = {"stop": "start", "start": "stop"}.get(ctx.action)
@@ -105,7 +126,13 @@ class ProcessActuator(Base):
             running = sup.pid(ctx.component) is not None
         return not running if want == "stop" else running
 
-    async def _supervised(self, comp: str, action: str, p: Any) -> dict[str, Any]:
+    def _spawn_args(self, key: str | None) -> dict[str, Any]:
+        # Supervisors that label a spawned process with the action that started it take the key.
+        if key is not None and self._labels is None:
+            self._labels = "action_key" in inspect.signature(self.supervisor.start).parameters
+        return {"action_key": key} if key is not None and self._labels else {}
+
+    async def _supervised(self, comp: str, action: str, p: Any, key: str | None = None) -> dict[str, Any]:
         sup = self.supervisor
         if not sup.supervises(comp):
             raise ActuatorError(f"{comp!r} has no command in the config: healer cannot {action} it")
@@ -116,14 +143,14 @@ class ProcessActuator(Base):
                 running = sup.pid(comp)
                 if running is not None:
                     return {"already_running": running}
-                return sup.start(comp, restart=True)
+                return sup.start(comp, restart=True, **self._spawn_args(key))
             if action == "signal":
                 pid = sup.pid(comp)
                 if pid is None:
                     raise ActuatorError(f"{comp!r} is not running: nothing to signal")
                 os.kill(pid, signal.Signals[p.signal])
                 return {"pid": pid, "signal": p.signal}
-            return await sup.restart(comp)
+            return await sup.restart(comp, **self._spawn_args(key))
 
     async def _by_pid(self, action: str, p: Any) -> dict[str, Any]:
         pid = int(p.pid)
