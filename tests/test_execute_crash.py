@@ -115,12 +115,16 @@ def crash_then_recover(tmp_path: Path, ledger: Ledger, actions: list[dict[str, A
     assert not ending(state), "the first daemon died before the saga ended"
     with running_daemon(cfg) as d2:
         wait_for(lambda: ending(state), timeout=30, what=f"saga resolved or escalated after {fault}")
-        # A monitor transition of this run: the daemon is past start-up and handles SIGTERM.
-        restarted_at = events(state, "daemon.started")[-1]["position"]
-        wait_for(lambda: [e for e in events(state, "component.") if e["position"] > restarted_at])
-        assert d2.stop() == 0, d2.output()
+        stop_after_startup(d2, state)
     assert events(state, "actuators.loaded")
     return state
+
+
+def stop_after_startup(d: Any, state: Path) -> None:
+    # A monitor transition of this run: the daemon is past start-up and handles SIGTERM.
+    started_at = events(state, "daemon.started")[-1]["position"]
+    wait_for(lambda: [e for e in events(state, "component.") if e["position"] > started_at])
+    assert d.stop() == 0, d.output()
 
 
 def no_effect_twice(ledger: Ledger) -> None:
@@ -221,3 +225,25 @@ def test_killed_after_a_non_idempotent_compensation_intent_it_escalates_instead_
     assert not [e for e in events(state, "step.started") if e["data"]["attempt"] == 2], (
         "the planned next attempt never started on an escalated incident"
     )
+
+
+def test_sigterm_during_a_non_idempotent_action_leaves_it_for_the_next_start_to_verify(
+    tmp_path: Path, ledger: Ledger
+) -> None:
+    slow = ledger.exec_action("apply", "Y")
+    slow["params"]["argv"] += ["--sleep", "5"]
+    cfg = write_config(tmp_path, agent_component("svc", free_port()), extra=FAST)
+    cfg.write_text(cfg.read_text().replace("shutdown_timeout: 5s", "shutdown_timeout: 0.5s"))
+    state = tmp_path / "state"
+    seed(state, "svc", [slow, RESTART])
+    with running_daemon(cfg) as d:
+        wait_for(lambda: events(state, "step.started"), what="the slow action under way")
+        stop_after_startup(d, state)
+    assert not events(state, "step.interrupted"), "not safe to retry: no interruption recorded"
+    assert ledger.count("apply", "Y") == 0, "the cut-short command was killed before its effect"
+    with running_daemon(cfg) as d2:
+        end = wait_for(lambda: ending(state), timeout=30)
+        stop_after_startup(d2, state)
+    assert [e["type"] for e in end] == ["incident.escalated"]
+    assert "NOT in place" in end[0]["data"]["reason"]
+    assert ledger.count("apply", "Y") == 0

@@ -280,3 +280,26 @@ async def test_an_unknown_actuator_or_bad_params_fail_the_step_with_a_clear_erro
         # The compensation's actuator does not exist: a permanent failure, escalated at once.
         assert [e.data["try"] for e in h.of(T.COMPENSATION_FAILED, iid)] == [1]
         assert "permanently" in h.of(T.INCIDENT_ESCALATED, iid)[0].data["reason"]
+
+
+async def test_an_open_breaker_stays_open_across_a_daemon_restart(tmp_path: Path, ledger: Ledger) -> None:
+    from healer.execute.breakers import BreakerBoard
+
+    ledger.control(fail_apply=True)
+    async with harness(tmp_path, {"breaker": {"fail_max": 1, "reset_timeout": 30}}) as h:
+        await h.plan("svc", [ledger.http_action("apply", "B")])
+        await h.settle()
+        name = f"http:127.0.0.1:{ledger.port}"
+        rebuilt = await h.rebuilt()
+        assert rebuilt.actuator_breakers == {name: "open"}
+        # What the daemon does at start-up with the rebuilt state: a fresh board starts it open.
+        board = BreakerBoard(h.executor.settings.breaker, h.loop.submit, h.clock)
+        board.restore(rebuilt.actuator_breakers)
+        assert board.states() == {name: "open"}
+        before = len(h.of(T.BREAKER_OPENED))
+        h.executor.breakers = board
+        iid = await h.plan("svc", [ledger.http_action("apply", "B")])
+        await h.settle()
+        assert "is open" in h.of(T.STEP_FAILED, iid)[0].data["error"]
+        assert ledger.count("request", "B") == 1
+        assert len(h.of(T.BREAKER_OPENED)) == before, "restoring is not a new state change"
