@@ -222,7 +222,10 @@ class Executor:
         def still_current(state: FleetState) -> bool:
             inc = state.incidents.get(iid)
             return (
-                inc is not None and inc.phase == phase and (inc.plan or {}).get("idempotency_key") == plan_key
+                self.accepting  # decided at recording time: nothing starts once shutdown began
+                and inc is not None
+                and inc.phase == phase
+                and (inc.plan or {}).get("idempotency_key") == plan_key
             )
 
         actuator: Actuator | None = None
@@ -247,9 +250,21 @@ class Executor:
         if before:
             intent["before"] = before
         self._faults.hit("before-intent", name, index)
-        started = await self._record(
-            Event(T.STEP_STARTED, self._clock.wall(), comp, iid, intent), still_current
+        recording = asyncio.ensure_future(
+            self._record(Event(T.STEP_STARTED, self._clock.wall(), comp, iid, intent), still_current)
         )
+        try:
+            started = await asyncio.shield(recording)
+        except asyncio.CancelledError:
+            # Shutdown while the intent was being recorded: if it was, say that nothing was done.
+            if await recording is not None:
+                await self._note(
+                    T.STEP_INTERRUPTED,
+                    comp,
+                    iid,
+                    {**base, "reason": "daemon stopping before the actuator was called", "not_called": True},
+                )
+            raise
         if started is None:
             return Outcome("skipped")  # the incident moved on while this step waited
         self._mark_acting()
@@ -303,7 +318,11 @@ class Executor:
         interruptible: bool,
         compensate: bool,
     ) -> Outcome:
-        target = target_of(actuator, ctx.action, ctx.params, ctx.component)
+        try:
+            target = target_of(actuator, ctx.action, ctx.params, ctx.component)
+        except Exception:  # a plugin's target() bug: key its breaker on the component
+            log.exception("actuator %s: target() failed", name)
+            target = ctx.component
         fn = actuator.perform if not compensate else getattr(actuator, "compensate")  # noqa: B009
         try:
             with self.breakers.calling(name, target, ctx.component, ctx.incident, ctx.idempotency_key):
