@@ -34,7 +34,7 @@ class EventType(StrEnum):
     STEP_FAILED = "step.failed"
     STEP_INTERRUPTED = "step.interrupted"
     # Execute: sagas, crash recovery, breakers
-    STEP_RESUMED = "step.resumed"  # recovery re-ran an idempotent action with its own key
+    STEP_RESUMED = "step.resumed"  # recovery re-runs an idempotent action with the same key
     STEP_ABANDONED = "step.abandoned"  # recovery could not tell whether the action took effect
     COMPENSATION_STARTED = "compensation.started"
     COMPENSATION_SUCCEEDED = "compensation.succeeded"
