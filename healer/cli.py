@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     chk.set_defaults(func=cmd_policy_check)
     sch = psub.add_parser("schema", help="print the policy JSON Schema")
     sch.set_defaults(func=cmd_policy_schema)
+
+    from healer.cli_plugins import add_parser as add_plugins_parser
+
+    add_plugins_parser(sub)
     return p
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from healer.errors import ConfigError
@@ -101,6 +101,54 @@ class StoreConfig(_Strict):
     batch_max: int = Field(default=512, ge=1, le=10_000)
 
 
+class BreakerConfig(_Strict):
+    """Per-actuator, per-target circuit breakers around every actuator call."""
+
+    fail_max: int = Field(default=3, ge=1, le=1000)  # consecutive failures that open the breaker
+    reset_timeout: Duration = 30.0  # how long it stays open before one trial call (half-open)
+
+
+class CompensationConfig(_Strict):
+    """Retries of a saga's compensations (exponential backoff with jitter, through stamina)."""
+
+    attempts: int = Field(default=5, ge=1, le=100)
+    wait_initial: Duration = 0.5
+    wait_max: Duration = 30.0
+    wait_jitter: Duration = 0.5
+
+
+_FAULT_RE = re.compile(
+    r"^(before-intent|after-intent|after-effect|after-outcome|after-compensation-intent"
+    r"|after-compensation-effect):([A-Za-z0-9_.*-]+)(#\d+)?$"
+)
+
+
+class ExecuteConfig(_Strict):
+    blocked_actuators: list[str] = Field(default_factory=list)  # entry-point names never loaded
+    breaker: BreakerConfig = BreakerConfig()
+    compensation: CompensationConfig = CompensationConfig()
+    systemctl: str = "systemctl"  # looked up on PATH when the systemd actuator runs
+    mqtt_host: str = "127.0.0.1"  # default broker of the mqtt_publish and feature_flag actuators
+    mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    # symlink_swap and checkpoint_restore only touch paths under these (besides the state dir).
+    allowed_roots: list[Path] = Field(default_factory=list)
+    # Fault injection for crash tests: "POINT:ACTUATOR[#ACTION_INDEX]", comma-separated; the
+    # daemon SIGKILLs itself there. Never set it in production.
+    fault_exit_at: str | None = None
+
+    @field_validator("fault_exit_at")
+    @classmethod
+    def _fault_points(cls, v: str | None) -> str | None:
+        for part in (v or "").split(","):
+            if part.strip() and not _FAULT_RE.match(part.strip()):
+                raise ValueError(
+                    f"invalid fault point {part.strip()!r}: expected POINT:ACTUATOR[#INDEX] "
+                    "with POINT one of before-intent, after-intent, after-effect, after-outcome, "
+                    "after-compensation-intent, after-compensation-effect"
+                )
+        return v
+
+
 class HealerConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HEALER_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -113,6 +161,7 @@ class HealerConfig(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_timeout: Duration = 10.0  # how long SIGTERM waits for an in-flight action
     stop_components_on_exit: bool = True
+    execute: ExecuteConfig = ExecuteConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -213,6 +262,12 @@ def _resolve_paths(cfg: HealerConfig, base: Path) -> HealerConfig:
             command = comp.command.model_copy(update={"cwd": res(comp.command.cwd)})
             resolved = comp.model_copy(update={"command": command})
         comps[name] = resolved
+    execute = cfg.execute.model_copy(update={"allowed_roots": [res(p) for p in cfg.execute.allowed_roots]})
     return cfg.model_copy(
-        update={"state_dir": res(cfg.state_dir), "policies_dir": res(cfg.policies_dir), "components": comps}
+        update={
+            "state_dir": res(cfg.state_dir),
+            "policies_dir": res(cfg.policies_dir),
+            "components": comps,
+            "execute": execute,
+        }
     )

@@ -24,8 +24,9 @@ from healer.analyze.taxonomy import Taxonomy, load_taxonomy
 from healer.clock import Clock, SystemClock
 from healer.config import HealerConfig
 from healer.errors import PolicyError, StoreError
-from healer.execute.actuators import ActuatorRegistry, ActuatorServices
+from healer.execute.actuators import ActuatorServices
 from healer.execute.executor import Executor
+from healer.execute.registry import ActuatorRegistry
 from healer.knowledge.events import Event, RecordedEvent
 from healer.knowledge.events import EventType as T
 from healer.knowledge.projections import FleetState
@@ -129,13 +130,16 @@ class Daemon:
                     self.notifier.status(f"DEGRADED: event store unwritable ({exc}); not acting")
                     return
                 self.notifier.status(f"healing {len(cfg.components)} components")
-                # Plans recorded before the failure whose intent could not be: dispatch them again.
+                if executor is None:
+                    return
+                # Sagas whose outcomes could not be recorded resume as after a restart...
+                executor.recover(state)
+                # ...and plans recorded before the failure whose intent could not be are dispatched again.
                 for inc in state.incidents.values():
                     key = (inc.plan or {}).get("idempotency_key")
                     if (
                         inc.phase == "planned"
                         and inc.plan is not None
-                        and executor is not None
                         and not executor.dispatched(str(key))
                     ):
                         executor.dispatch(
@@ -167,8 +171,10 @@ class Daemon:
 
             supervisor = Supervisor(commands, cfg.state_dir / "logs", on_process, instance=str(cfg.state_dir))
             monitor = Monitor(cfg, registry, supervisor, loop.submit, self.clock, http)
-            actuators = ActuatorRegistry.discover(ActuatorServices(supervisor))
-            executor = Executor(actuators, loop.record, self.clock)
+            services = ActuatorServices(supervisor, cfg.state_dir, cfg.execute, http)
+            actuators = ActuatorRegistry.discover(services)
+            executor = Executor(actuators, loop.record, self.clock, submit=loop.submit, settings=cfg.execute)
+            executor.breakers.restore(state.actuator_breakers)
 
             async with asyncio.TaskGroup() as tg:
                 loop_task = tg.create_task(loop.run(), name="control-loop")
@@ -185,6 +191,7 @@ class Daemon:
                     )
                 )
                 await loop.record(Event(T.POLICIES_LOADED, self.clock.wall(), data=_policies_data(policies)))
+                await loop.record(Event(T.ACTUATORS_LOADED, self.clock.wall(), data=actuators.summary()))
                 await self._recover(state, supervisor, loop, executor)
                 monitor_task = tg.create_task(monitor.run(), name="monitor")
                 aux = [
@@ -240,6 +247,11 @@ class Daemon:
     ) -> None:
         """Resolve what the previous run left: processes, open steps, pending plans."""
         now = self.clock.wall
+        # Sagas and compensations in flight resume first (re-run if idempotent, else verify or
+        # escalate); per incident they run before any plan dispatched below.
+        resuming = executor.recover(state)
+        if resuming:
+            log.info("resuming sagas in flight for incident(s) %s", ", ".join(map(str, resuming)))
         for name in self.config.components:
             inc = state.active_for(name)
             comp = state.components.get(name)
@@ -279,25 +291,9 @@ class Daemon:
                         supervisor.start(name)
             if inc is None or not inc.is_open:
                 continue
-            step = inc.open_step()
-            if step is not None:
-                # Intent without outcome: the action may or may not have happened. The process
-                # actuator is idempotent, so the planner may safely run it again.
-                loop.submit(
-                    Event(
-                        T.STEP_INTERRUPTED,
-                        now(),
-                        name,
-                        inc.id,
-                        {
-                            "idempotency_key": step.key,
-                            "step": step.step,
-                            "attempt": step.attempt,
-                            "reason": "daemon restarted before the step's outcome was recorded",
-                        },
-                    )
-                )
-            elif inc.phase == "verifying":
+            if inc.open_step() is not None or inc.phase == "acting":
+                continue  # being resumed by executor.recover (above)
+            if inc.phase == "verifying":
                 loop.submit(
                     Event(
                         T.VERIFICATION_FAILED,

@@ -24,6 +24,12 @@ STYLES = {"error": "bold red", "warning": "yellow", "info": "green", "debug": "d
 def level_of(rec: RecordedEvent) -> str:
     if rec.type == T.PROCESS_EXITED and not rec.data.get("expected"):
         return "warning"
+    if rec.type == T.ACTUATORS_LOADED and rec.data.get("refused"):
+        return "error"
+    from healer.execute.describe import LEVELS as EXECUTE_LEVELS
+
+    if rec.type in EXECUTE_LEVELS:
+        return EXECUTE_LEVELS[rec.type]
     return LEVELS.get(rec.type, "info")
 
 
@@ -89,6 +95,11 @@ def describe(rec: RecordedEvent) -> str:
         )
     if t == T.DAEMON_STOPPED:
         return f"healer stopped, pid {d.get('pid')}"
+    from healer.execute.describe import describe_execute
+
+    text = describe_execute(rec)
+    if text is not None:
+        return text
     return f"{inc}{who}: {t}"
 
 

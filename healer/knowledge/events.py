@@ -33,6 +33,18 @@ class EventType(StrEnum):
     STEP_SUCCEEDED = "step.succeeded"
     STEP_FAILED = "step.failed"
     STEP_INTERRUPTED = "step.interrupted"
+    # Execute: sagas, crash recovery, breakers
+    STEP_RESUMED = "step.resumed"  # recovery re-runs an idempotent action with the same key
+    STEP_ABANDONED = "step.abandoned"  # recovery could not tell whether the action took effect
+    COMPENSATION_STARTED = "compensation.started"
+    COMPENSATION_SUCCEEDED = "compensation.succeeded"
+    COMPENSATION_FAILED = "compensation.failed"
+    COMPENSATION_ABANDONED = "compensation.abandoned"
+    SAGA_COMPENSATED = "saga.compensated"
+    BREAKER_OPENED = "breaker.opened"
+    BREAKER_HALF_OPENED = "breaker.half_opened"
+    BREAKER_CLOSED = "breaker.closed"
+    ACTUATORS_LOADED = "actuators.loaded"
 
 
 OBSERVATIONS = frozenset(

@@ -45,6 +45,24 @@ class StepView:
     outcome: str | None = None  # succeeded | failed | interrupted; None while in flight
     finished_at: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    before: dict[str, Any] = field(default_factory=dict)  # what the actuator's prepare() saw (intent)
+
+
+@dataclass
+class CompensationView:
+    """One compensation of a failed saga: undoes the action whose key is ``of``."""
+
+    key: str
+    of: str
+    action_index: int
+    actuator: str
+    action: str
+    tries: int = 0
+    in_flight: bool = False  # started, no outcome yet: what crash recovery looks for
+    outcome: str | None = None  # succeeded | failed | abandoned; None while pending or retrying
+    started_at: float | None = None
+    finished_at: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,6 +88,9 @@ class IncidentView:
     escalation_reason: str | None = None
     resolution: str | None = None
     rto_achieved: float | None = None
+    compensations: list[CompensationView] = field(default_factory=list)
+    # The saga being compensated: {"plan_key", "failed", "pending": [compensation specs, in order]}.
+    compensating: dict[str, Any] | None = None
 
     @property
     def is_open(self) -> bool:
@@ -91,6 +112,7 @@ class FleetState:
     next_incident: int = 1
     position: int = 0
     policies_hash: str | None = None
+    actuator_breakers: dict[str, str] = field(default_factory=dict)  # breaker name -> its last state
 
     # -- reading helpers (used by the pure Analyze and Plan stages) -----------------------
     def component(self, name: str) -> ComponentView:
@@ -222,6 +244,7 @@ def _step_started(s: FleetState, ev: RecordedEvent) -> None:
             action=str(d.get("action")),
             key=str(d.get("idempotency_key")),
             started_at=ev.ts,
+            before=dict(d.get("before") or {}),
         )
     )
     if ev.component is not None:
@@ -289,6 +312,84 @@ def _incident_escalated(s: FleetState, ev: RecordedEvent) -> None:
     inc.verify_deadline = None
 
 
+def _step_failed(s: FleetState, ev: RecordedEvent) -> None:
+    _step_finished(s, ev)
+    inc = s._inc(ev)
+    pending = ev.data.get("compensations")
+    if inc is not None and pending:
+        inc.compensating = {
+            "plan_key": ev.data.get("plan_key"),
+            "failed": ev.data.get("idempotency_key"),
+            "pending": [dict(c) for c in pending],
+        }
+
+
+def _step_abandoned(s: FleetState, ev: RecordedEvent) -> None:
+    inc = s._inc(ev)
+    if inc is None:
+        return
+    for step in reversed(inc.actions):
+        if step.key == ev.data.get("idempotency_key") and step.outcome is None:
+            step.outcome = "abandoned"
+            step.finished_at = ev.ts
+            step.detail = dict(ev.data)
+            break
+
+
+def _compensation_view(inc: IncidentView, ev: RecordedEvent) -> CompensationView:
+    d = ev.data
+    for view in inc.compensations:
+        if view.key == d.get("idempotency_key"):
+            return view
+    view = CompensationView(
+        key=str(d.get("idempotency_key")),
+        of=str(d.get("of")),
+        action_index=int(d.get("action_index", 0)),
+        actuator=str(d.get("actuator")),
+        action=str(d.get("action")),
+    )
+    inc.compensations.append(view)
+    return view
+
+
+def _compensation_event(s: FleetState, ev: RecordedEvent) -> None:
+    inc = s._inc(ev)
+    if inc is None:
+        return
+    view = _compensation_view(inc, ev)
+    if ev.type == T.COMPENSATION_STARTED:
+        view.tries += 1
+        view.in_flight = True
+        view.outcome = None
+        view.started_at = ev.ts
+        return
+    view.in_flight = False
+    view.finished_at = ev.ts
+    view.detail = dict(ev.data)
+    if ev.type == T.COMPENSATION_SUCCEEDED:
+        view.outcome = "succeeded"
+        if inc.compensating is not None:
+            inc.compensating["pending"] = [
+                c for c in inc.compensating["pending"] if c.get("key") != view.key
+            ]
+    elif ev.type == T.COMPENSATION_ABANDONED or ev.data.get("final"):
+        # Out of retries, or unknown whether it took effect: a human takes over the rest.
+        view.outcome = "abandoned" if ev.type == T.COMPENSATION_ABANDONED else "failed"
+        inc.compensating = None
+
+
+def _saga_compensated(s: FleetState, ev: RecordedEvent) -> None:
+    inc = s._inc(ev)
+    if inc is not None:
+        inc.compensating = None
+
+
+def _breaker_changed(s: FleetState, ev: RecordedEvent) -> None:
+    name = ev.data.get("breaker")
+    if name:
+        s.actuator_breakers[str(name)] = str(ev.data.get("state"))
+
+
 def _policies_loaded(s: FleetState, ev: RecordedEvent) -> None:
     s.policies_hash = ev.data.get("hash")
 
@@ -304,11 +405,20 @@ _HANDLERS: dict[str, Callable[[FleetState, RecordedEvent], None]] = {
     T.INCIDENT_PLANNED: _incident_planned,
     T.STEP_STARTED: _step_started,
     T.STEP_SUCCEEDED: _step_finished,
-    T.STEP_FAILED: _step_finished,
+    T.STEP_FAILED: _step_failed,
     T.STEP_INTERRUPTED: _step_finished,
     T.VERIFICATION_FAILED: _verification_failed,
     T.INCIDENT_VERIFIED: _incident_verified,
     T.INCIDENT_RESOLVED: _incident_resolved,
     T.INCIDENT_ESCALATED: _incident_escalated,
     T.POLICIES_LOADED: _policies_loaded,
+    T.STEP_ABANDONED: _step_abandoned,
+    T.COMPENSATION_STARTED: _compensation_event,
+    T.COMPENSATION_SUCCEEDED: _compensation_event,
+    T.COMPENSATION_FAILED: _compensation_event,
+    T.COMPENSATION_ABANDONED: _compensation_event,
+    T.SAGA_COMPENSATED: _saga_compensated,
+    T.BREAKER_OPENED: _breaker_changed,
+    T.BREAKER_HALF_OPENED: _breaker_changed,
+    T.BREAKER_CLOSED: _breaker_changed,
 }
