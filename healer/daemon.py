@@ -23,6 +23,7 @@ from healer import __version__
 from healer.analyze.taxonomy import Taxonomy, load_taxonomy
 from healer.clock import Clock, SystemClock
 from healer.config import HealerConfig
+from healer.control import DaemonControl
 from healer.errors import PolicyError
 from healer.execute.actuators import ActuatorRegistry, ActuatorServices
 from healer.execute.executor import Executor
@@ -33,6 +34,7 @@ from healer.knowledge.store import SQLiteEventStore, rebuild_state
 from healer.loop import ControlLoop, Decider
 from healer.monitor.probes import ProbeRegistry
 from healer.monitor.scheduler import Monitor
+from healer.plan.planner import WAKE_ON, next_wakeup
 from healer.plan.policy import PolicySet, load_policies
 from healer.sdnotify import Notifier
 from healer.supervisor import Supervisor
@@ -60,6 +62,7 @@ class Daemon:
         self.state: FleetState | None = None
         self.loop: ControlLoop | None = None
         self.exit_code = 0
+        self.last_reload_problems: list[str] = []
 
     # -- control from outside -------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -77,11 +80,13 @@ class Daemon:
         try:
             new = self.load_policies()
         except PolicyError as exc:
+            self.last_reload_problems = list(exc.problems)
             log.error("policy reload rejected, previous policies stay in force:\n%s", exc)
             self.loop.submit(
                 Event(T.POLICIES_REJECTED, self.clock.wall(), data={"problems": exc.problems[:50]})
             )
             return False
+        self.last_reload_problems = []
         self.loop.decider.policies = new
         self.loop.submit(Event(T.POLICIES_LOADED, self.clock.wall(), data=_policies_data(new, reload=True)))
         log.info("policies reloaded: %d policies, hash %s", len(new.policies), new.hash)
@@ -100,6 +105,7 @@ class Daemon:
             trust_env=False,
         )
         supervisor: Supervisor | None = None
+        control: DaemonControl | None = None
         try:
             state = await rebuild_state(store)
             self.state = state
@@ -121,6 +127,7 @@ class Daemon:
                     inc = state.incidents.get(rec.incident or 0)
                     timeout = float(((inc.plan if inc else None) or {}).get("verify_timeout", 30))
                     asyncio.get_running_loop().call_later(timeout + 0.01, loop.tick)
+                self._arm_waits(rec, state, loop)
                 if self._on_event is not None:
                     self._on_event(rec)
 
@@ -161,6 +168,11 @@ class Daemon:
                 )
                 await loop.record(Event(T.POLICIES_LOADED, self.clock.wall(), data=_policies_data(policies)))
                 await self._recover(state, supervisor, loop, executor)
+                control = DaemonControl(self, loop, state, self.clock, cfg.components)
+                await control.start(cfg.state_dir, cfg.control_group)
+                wake = next_wakeup(state)
+                if wake is not None:
+                    self._wake_at(wake, loop)
                 monitor_task = tg.create_task(monitor.run(), name="monitor")
                 aux = [
                     tg.create_task(self._watchdog(), name="watchdog"),
@@ -195,6 +207,8 @@ class Daemon:
                 for task in (loop_task, *aux):
                     task.cancel()
         finally:
+            if control is not None:
+                await control.close()
             self._remove_signals()
             if supervisor is not None:
                 supervisor.close()
@@ -279,6 +293,25 @@ class Daemon:
                     )
                 )
         await loop.flush()
+
+    def _wake_at(self, when: float, loop: ControlLoop) -> None:
+        delay = max(0.0, when - self.clock.wall()) + 0.01
+        asyncio.get_running_loop().call_later(delay, loop.tick)
+
+    def _arm_waits(self, rec: RecordedEvent, state: FleetState, loop: ControlLoop) -> None:
+        """Tick the loop when something a waiting incident waits for may have changed or expire."""
+        if rec.type in WAKE_ON:
+            loop.tick()
+        d = rec.data
+        if rec.type == T.INCIDENT_DEFERRED and d.get("next_allowed_at") is not None:
+            self._wake_at(float(d["next_allowed_at"]), loop)
+        elif rec.type == T.APPROVAL_REQUESTED and d.get("deadline") is not None:
+            self._wake_at(float(d["deadline"]), loop)
+        elif rec.type == T.COMPONENT_RECOVERED and rec.component is not None:
+            inc = state.active_for(rec.component)
+            stable = float(((inc.plan if inc else None) or {}).get("verify_stable_for") or 0)
+            if inc is not None and inc.phase == "verifying" and stable > 0:
+                self._wake_at(rec.ts + stable, loop)
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval
