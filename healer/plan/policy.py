@@ -355,12 +355,22 @@ class Maintenance(_Strict):
     reason: str = ""
 
 
-class PolicyFile(_Strict):
+class _FileSettings(_Strict):
     version: Literal[1] = 1
     timezone: str = Field(default="UTC", description="for time conditions and cron windows in this file")
     budget: Budget | None = None
     maintenance: list[Maintenance] = Field(default_factory=list)
+
+
+class PolicyFile(_FileSettings):
     policies: list[PolicyModel] = Field(default_factory=list)
+
+
+class _FileShell(_FileSettings):
+    """What the loader validates first: each policy is then validated on its own, so one
+    broken policy does not hide the problems of the others."""
+
+    policies: list[Any] = Field(default_factory=list)
 
 
 # -- the loaded, resolved set ----------------------------------------------------------------------
@@ -653,10 +663,15 @@ class _Checker:
                     name = planned["actuator"]
                     if name not in self.installed and name not in explicit:
                         where = (*loc, "strategy") if s.strategy is not None else (*loc, "actuator")
+                        hint = ""
+                        if kind == "failover" and s.promote is None:
+                            hint = (
+                                ": say how to promote the standby with `promote: {actuator, action, params}`"
+                            )
                         self.add(
                             where,
                             f"strategy {kind!r} runs actuator {name!r} ({planned['action']}), "
-                            "which is not installed",
+                            f"which is not installed{hint}",
                         )
                         break
         self.conditions((*loc, "when"), s.when)
@@ -684,14 +699,17 @@ def load_policies(paths: Sequence[Path], *, installed: frozenset[str] | None = N
         except YamlDocumentError as exc:
             problems.extend(exc.problems)
             continue
-        parsed = _parse(doc, problems)
-        if parsed is None:
-            continue
-        checker = _Checker(installed)
-        file_tz = checker.zone(("timezone",), parsed.timezone, dt.UTC)
         before = len(problems)
+        result = _parse(doc, problems)
+        if result is None:
+            continue
+        parsed, models, loose = result
+        checker = _Checker(installed)
+        for sloc, step, last in loose:
+            checker.step(sloc, step, last)
+        file_tz = checker.zone(("timezone",), parsed.timezone, dt.UTC)
         resolved: list[Policy] = []
-        for i, model in enumerate(parsed.policies):
+        for i, model in models:
             loc: Loc = ("policies", i)
             if model.name in seen:
                 checker.add(
@@ -748,6 +766,8 @@ def load_policies(paths: Sequence[Path], *, installed: frozenset[str] | None = N
         hashes[str(path)] = digest
         policies.extend(Policy(p.model, p.file, digest, p.index, p.tz, p.step_tz) for p in resolved)
     if problems:
+        order = {str(f): i for i, f in enumerate(files)}
+        problems.sort(key=lambda p: (order.get(p.path, len(order)), p.line, p.column))
         raise PolicyError([str(p) for p in problems])
     # Precedence: priority (high first), then file name, then order in the file.
     policies.sort(key=lambda p: (-p.model.priority, p.file, p.index))
@@ -761,7 +781,11 @@ def load_policies(paths: Sequence[Path], *, installed: frozenset[str] | None = N
     )
 
 
-def _parse(doc: YamlDocument, problems: list[YamlProblem]) -> PolicyFile | None:
+def _parse(
+    doc: YamlDocument, problems: list[YamlProblem]
+) -> tuple[_FileShell, list[tuple[int, PolicyModel]], list[tuple[Loc, Step, bool]]] | None:
+    """The file's settings, its valid policies (with their index) and the valid steps of its
+    invalid policies (so their own problems are reported too); problems are appended."""
     data = doc.plain()
     if data is None:
         data = {}
@@ -769,13 +793,33 @@ def _parse(doc: YamlDocument, problems: list[YamlProblem]) -> PolicyFile | None:
         problems.append(YamlProblem(doc.path, 1, 1, "", "expected a mapping with a 'policies' list"))
         return None
     try:
-        return PolicyFile.model_validate(data)
+        shell = _FileShell.model_validate(data)
     except ValidationError as exc:
         problems.extend(doc.problems_from_validation(exc))
         return None
     except (ValueError, TypeError, RecursionError) as exc:  # never let odd input escape as a crash
         problems.append(YamlProblem(doc.path, 1, 1, "", f"cannot read policy file: {exc}"))
         return None
+    good: list[tuple[int, PolicyModel]] = []
+    loose: list[tuple[Loc, Step, bool]] = []
+    for i, raw in enumerate(shell.policies):
+        try:
+            good.append((i, PolicyModel.model_validate(raw)))
+        except ValidationError as exc:
+            problems.extend(doc.problems_from_validation(exc, prefix=("policies", i)))
+            steps = raw.get("steps") if isinstance(raw, dict) else None
+            if isinstance(steps, list):
+                for j, one in enumerate(steps):
+                    try:
+                        loose.append(
+                            (("policies", i, "steps", j), Step.model_validate(one), j == len(steps) - 1)
+                        )
+                    except (ValidationError, ValueError, TypeError):
+                        continue
+        except (ValueError, TypeError, RecursionError) as exc:
+            line, col = doc.locate(("policies", i))
+            problems.append(YamlProblem(doc.path, line, col, f"policies[{i}]", f"cannot read policy: {exc}"))
+    return shell, good, loose
 
 
 def _expand(paths: Sequence[Path]) -> list[Path]:
