@@ -295,7 +295,11 @@ def check_min_healthy(
     if group is None:
         return Check("budget.min_healthy", True, {"group": None, "group_by": key})
     members = sorted(n for n, lbl in all_labels.items() if lbl.get(key) == group)
-    healthy = [n for n in members if state.component(n).health == "healthy"]
+    # Healthy: passing its probes with no incident of its own (a crash is an incident before the
+    # probes notice it).
+    healthy = [
+        n for n in members if state.component(n).health == "healthy" and n not in state.active_incident
+    ]
     fraction = len(healthy) / len(members) if members else 1.0
     st: dict[str, Any] = {
         "group": group,
