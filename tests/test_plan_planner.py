@@ -74,14 +74,24 @@ def test_every_strategy_expands_to_its_saga(tmp_path: Path) -> None:
             steps:
               - {strategy: restart}
               - {strategy: restart, via: systemd, unit: agent.service}
-              - {strategy: rollback, checkpoint: ckpt-42, compensations: [{actuator: http, action: request, params: {url: "http://127.0.0.1:1/undo"}}]}
-              - {strategy: failover, standby: db-b, promote: {actuator: http, action: request, params: {url: "http://127.0.0.1:2/promote"}}}
-              - {strategy: failover, standby: db-b, fence: false, promote: {actuator: exec, action: run, params: {argv: [promote]}}}
+              - strategy: rollback
+                checkpoint: ckpt-42
+                compensations: [{actuator: http, action: request, params: {url: "http://127.0.0.1:1/undo"}}]
+              - strategy: failover
+                standby: db-b
+                promote: {actuator: http, action: request, params: {url: "http://127.0.0.1:2/promote"}}
+              - strategy: failover
+                standby: db-b
+                fence: false
+                promote: {actuator: exec, action: run, params: {argv: [promote]}}
               - {strategy: degrade, flags: {use_small_model: true}, params: {file: /tmp/flags.json}}
               - {strategy: swap_model, link: /srv/model/current, target: /srv/model/v41, restart: true}
-              - {strategy: compensate, actions: [{actuator: mqtt_publish, action: publish, params: {topic: t}}]}
+              - strategy: compensate
+                actions: [{actuator: mqtt_publish, action: publish, params: {topic: t}}]
               - {actuator: process, action: stop, timeout: 3s}
-              - {actions: [{actuator: process, action: stop}, {actuator: process, action: start, timeout: 9s}]}
+              - actions:
+                  - {actuator: process, action: stop}
+                  - {actuator: process, action: start, timeout: 9s}
               - {actuator: restart}
               - {strategy: escalate}
         """,
@@ -577,7 +587,10 @@ async def test_no_policy_escalates_with_rejections(tmp_path: Path) -> None:
 def test_precedence_priority_then_file_then_order(tmp_path: Path) -> None:
     d = tmp_path / "p"
     d.mkdir()
-    body = "  - name: {n}\n    priority: {p}\n    match: {{failures: [crash]}}\n    steps: [{{strategy: escalate}}]\n"
+    body = (
+        "  - name: {n}\n    priority: {p}\n    match: {{failures: [crash]}}\n"
+        "    steps: [{{strategy: escalate}}]\n"
+    )
     (d / "b.yaml").write_text("policies:\n" + body.format(n="b1", p=0) + body.format(n="b2", p=5))
     (d / "a.yaml").write_text("policies:\n" + body.format(n="a1", p=0) + body.format(n="a2", p=0))
     ps = load_policies([d], installed=EXECUTE_ACTUATORS)
