@@ -2,8 +2,8 @@
 
 A Unix stream socket in the state directory, mode 0600 (or 0660 for a configured group). Every
 connection's peer credentials are read with ``SO_PEERCRED``: the daemon's own uid is allowed,
-members of the configured group are allowed, everyone else is refused before a byte of their
-request is read. One request per connection, one JSON object per line each way; the caller
+members of the configured group are allowed, everyone else is refused without their request
+being looked at. One request per connection, one JSON object per line each way; the caller
 learns who it is from the kernel, never from the request.
 """
 
@@ -159,6 +159,10 @@ class ControlServer:
                     peer.pid,
                     f" nor in group {self._group}" if self._group else "",
                 )
+                # Take the request off the wire unread (closing on unread data would reset the
+                # connection and lose the answer), then refuse it.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(reader.readline(), 1.0)
                 await _reply(writer, {"ok": False, "error": f"permission denied for uid {peer.uid}"})
                 return
             try:

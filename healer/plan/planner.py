@@ -192,7 +192,11 @@ def decide(state: FleetState, inc: IncidentView, policies: PolicySet, now: float
         if approval is not None and approval.status in ("denied", "expired") and approval.outcome == "denied":
             who = _who(approval)
             skipped.append(
-                {"step": idx, "strategy": kind, "reason": f"approval {approval.id} denied by {who}"}
+                {
+                    "step": idx,
+                    "strategy": step.name or kind,
+                    "reason": f"approval {approval.id} denied by {who}",
+                }
             )
             if step.on_failure == "escalate":
                 return done(
@@ -202,7 +206,9 @@ def decide(state: FleetState, inc: IncidentView, policies: PolicySet, now: float
             continue
         unmet = g.unmet(step.when, state, inc, now, policy.step_tz[idx] if policy.step_tz else policy.tz)
         if unmet:
-            skipped.append({"step": idx, "strategy": kind, "reason": f"condition not met: {unmet}"})
+            skipped.append(
+                {"step": idx, "strategy": step.name or kind, "reason": f"condition not met: {unmet}"}
+            )
             idx += 1
             continue
         used = _attempts_used(state, inc, idx, step, kind, now)
@@ -211,7 +217,7 @@ def decide(state: FleetState, inc: IncidentView, policies: PolicySet, now: float
             why = f"{used}/{step.max_attempts} attempts used {scope}"
             if inc.last_failure and inc.attempts.get(idx):
                 why += f"; last: {inc.last_failure}"
-            skipped.append({"step": idx, "strategy": kind, "reason": why})
+            skipped.append({"step": idx, "strategy": step.name or kind, "reason": why})
             if step.on_failure == "escalate":
                 return done(
                     "escalated", [_escalate_skipped(inc, now, base, idx, rejected, skipped)], step=idx
