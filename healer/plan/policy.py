@@ -690,7 +690,7 @@ def load_policies(paths: Sequence[Path], *, installed: frozenset[str] | None = N
     problems: list[YamlProblem] = []
     policies: list[Policy] = []
     hashes: dict[str, str] = {}
-    seen: dict[str, str] = {}
+    seen: dict[str, tuple[str, int]] = {}
     budget: tuple[Budget, str] | None = None
     windows: list[MaintenanceWindow] = []
     for path in files:
@@ -712,11 +712,11 @@ def load_policies(paths: Sequence[Path], *, installed: frozenset[str] | None = N
         for i, model in models:
             loc: Loc = ("policies", i)
             if model.name in seen:
-                checker.add(
-                    (*loc, "name"), f"duplicate policy name {model.name!r} (also in {seen[model.name]})"
-                )
+                other = seen[model.name]
+                where = f"policies[{other[1]}] of this file" if other[0] == str(path) else other[0]
+                checker.add((*loc, "name"), f"duplicate policy name {model.name!r} (also {where})")
             else:
-                seen[model.name] = str(path)
+                seen[model.name] = (str(path), i)
             checker.conditions((*loc, "when"), model.when)
             tz = file_tz
             if model.when is not None and model.when.time is not None:
