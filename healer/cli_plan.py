@@ -209,7 +209,10 @@ def _print_explanation(r: dict[str, Any], n_policies: int, n_files: int) -> None
         print("guardrails:")
     for c in r["guardrails"]:
         mark = "ok     " if c["ok"] else "BLOCKED"
-        state = ", ".join(f"{k}={v}" for k, v in c["state"].items() if v not in (None, [], {}))
+        if "limit" in c["state"] and c["state"]["limit"] is None:
+            state = "not set"
+        else:
+            state = ", ".join(f"{k}={v}" for k, v in c["state"].items() if v not in (None, [], {}))
         line = f"  {mark} {c['guardrail']:<22} {state}"
         if not c["ok"]:
             line += f"\n          {c['reason']}; next allowed: {_when(c.get('next_allowed_at'))}"
@@ -219,8 +222,8 @@ def _print_explanation(r: dict[str, Any], n_policies: int, n_files: int) -> None
         if e["type"] == "incident.planned":
             print(f"decision: PLAN {d['strategy']} attempt {d['attempt']}/{d['max_attempts']}")
             for a in d["actions"]:
-                params = json.dumps(a["params"], sort_keys=True) if a["params"] else ""
-                print(f"  run {a['actuator']}.{a['action']} {params} (timeout {a['timeout']:g}s)".rstrip())
+                params = f" {json.dumps(a['params'], sort_keys=True)}" if a["params"] else ""
+                print(f"  run {a['actuator']}.{a['action']}{params} (timeout {a['timeout']:g}s)")
             stable = f", then stay healthy {d['verify_stable_for']:g}s" if d.get("verify_stable_for") else ""
             print(f"  verify: probes pass within {d['verify_timeout']:g}s{stable}")
         elif e["type"] == "incident.deferred":

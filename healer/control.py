@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from healer.clock import Clock
 from healer.config import parse_duration
-from healer.errors import HealerError
+from healer.errors import ConfigError, HealerError
 from healer.knowledge.events import Event
 from healer.knowledge.events import EventType as T
 from healer.knowledge.projections import FleetState
@@ -80,7 +80,7 @@ def group_id(name: str) -> int:
     try:
         return grp.getgrnam(name).gr_gid
     except KeyError:
-        raise HealerError(f"control socket group {name!r} does not exist") from None
+        raise ConfigError(f"control_group: group {name!r} does not exist") from None
 
 
 @contextlib.contextmanager

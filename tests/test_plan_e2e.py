@@ -239,6 +239,8 @@ def test_approve_deny_and_timeout(tmp_path: Path) -> None:
         pending = {a["component"]: a for a in status["approvals_pending"]}
         assert set(pending) == {"agent-a", "agent-b", "agent-c"}
         assert pending["agent-b"]["default"] == "deny" and pending["agent-b"]["strategy"] == "restart"
+        listed = json.loads(healer_cli("approvals", "-c", str(cfg), "--json").stdout)
+        assert sorted(a["id"] for a in listed) == sorted(a["id"] for a in pending.values())
         text = healer_cli("status", "-c", str(cfg)).stdout
         assert f"approval {pending['agent-a']['id']} pending: restart on agent-a" in text
 
@@ -361,7 +363,7 @@ def test_silence_holds_actions_and_they_resume_after(tmp_path: Path) -> None:
         mark = settle(state, "agent-s")
         bad = healer_cli("silence", "agent-x", "--for", "3s", "-c", str(cfg))
         assert bad.returncode == 1 and "no configured component matches 'agent-x'" in bad.stderr
-        out = healer_cli("silence", "agent-s", "--for", "3s", "--reason", "deploying", "-c", str(cfg))
+        out = healer_cli("silence", "agent-s", "--for", "2s", "--reason", "deploying", "-c", str(cfg))
         assert out.returncode == 0, out.stderr
         created = events(state, "silence.created")[0]
         kill(state, "agent-s")
