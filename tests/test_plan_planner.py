@@ -595,3 +595,31 @@ def test_precedence_priority_then_file_then_order(tmp_path: Path) -> None:
     (d / "a.yaml").write_text("policies:\n" + body.format(n="a1", p=0) + body.format(n="a2", p=0))
     ps = load_policies([d], installed=EXECUTE_ACTUATORS)
     assert [p.name for p in ps.policies] == ["b2", "a1", "a2", "b1"]
+
+
+async def test_starter_agents_policy_never_restarts_more_than_six_times_an_hour(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    ps = load_policies([root / "policies"])  # the shipped set, checked against the installed actuators
+    async with harness(tmp_path, ps, {"agent": {}}) as h:
+        await h.started("agent")
+        await h.crash("agent")
+        while h.state.active_for("agent") is not None and h.state.active_for("agent").is_open:  # type: ignore[union-attr]
+            if h.phase("agent") == "deferred":
+                deferred = h.last(T.INCIDENT_DEFERRED, "agent").data
+                assert deferred["guardrail"] == "cooldown"
+                await h.tick(deferred["next_allowed_at"] - h.clock.wall())
+                continue
+            await h.execute("agent")
+            await h.crash("agent", 1)
+        gaps = [b.ts - a.ts for a, b in zip(h.of(T.STEP_STARTED), h.of(T.STEP_STARTED)[1:], strict=False)]
+        assert len(h.of(T.STEP_STARTED)) == 6
+        assert gaps == [5.0, 10.0, 60.0, 60.0, 60.0]
+        esc = h.last(T.INCIDENT_ESCALATED, "agent").data
+        assert esc["policy"] == "agents-restart" and "restarts did not bring the agent back" in esc["reason"]
+        # Back by itself, then down again ten minutes later: no seventh restart within the hour.
+        await h.recovered("agent")
+        await h.tick(600)
+        await h.crash("agent")
+        assert len(h.of(T.STEP_STARTED)) == 6
+        second = h.last(T.INCIDENT_ESCALATED, "agent").data
+        assert "6/6 attempts used in the last 3600s on agent" in second["reason"]
