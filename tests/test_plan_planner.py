@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 from healer.knowledge.events import Event
 from healer.knowledge.events import EventType as T
@@ -623,3 +624,20 @@ async def test_starter_agents_policy_never_restarts_more_than_six_times_an_hour(
         assert len(h.of(T.STEP_STARTED)) == 6
         second = h.last(T.INCIDENT_ESCALATED, "agent").data
         assert "6/6 attempts used in the last 3600s on agent" in second["reason"]
+
+
+async def test_a_planner_bug_escalates_instead_of_stopping_the_loop(tmp_path: Path, monkeypatch: Any) -> None:
+    from healer.plan import guardrails
+
+    def broken(*_: object) -> object:
+        raise RuntimeError("simulated planner bug")
+
+    async with harness(tmp_path, policies_from(tmp_path, COOLDOWN)) as h:
+        monkeypatch.setattr(guardrails, "check_silence", broken)
+        await h.started("a")
+        await h.crash("a")
+        esc = h.last(T.INCIDENT_ESCALATED, "a").data
+        assert esc["reason"] == "planner error, no automatic action: RuntimeError: simulated planner bug"
+        monkeypatch.undo()
+        await h.started("b")  # the loop is still alive and deciding
+        assert h.last(T.PROCESS_STARTED, "b")

@@ -77,7 +77,18 @@ def plan(
     inc = state.incidents.get(ev.incident)
     if inc is None or not inc.is_open or inc.phase not in _READY:
         return []
-    return decide(state, inc, policies, now, labels).events
+    return _guarded(state, inc, policies, now, labels)
+
+
+def _guarded(
+    state: FleetState, inc: IncidentView, policies: PolicySet, now: float, labels: Labels
+) -> list[Event]:
+    """``decide``, with a planner bug turned into a recorded escalation instead of a dead daemon."""
+    try:
+        return decide(state, inc, policies, now, labels).events
+    except Exception as exc:  # the control loop must survive anything a policy makes us do
+        reason = f"planner error, no automatic action: {type(exc).__name__}: {exc}"
+        return [_escalate(inc, now, reason, {"policies_hash": policies.hash})]
 
 
 def due(state: FleetState, now: float) -> list[int]:
@@ -124,7 +135,7 @@ def revisit(state: FleetState, iid: int, policies: PolicySet, now: float, labels
             )
         ]
     if inc.phase == "deferred":
-        return decide(state, inc, policies, now, labels).events
+        return _guarded(state, inc, policies, now, labels)
     return []
 
 

@@ -428,7 +428,7 @@ class MaintenanceWindow:
             probe = local + dt.timedelta(seconds=1)
             try:
                 opened = next(iter(CronSim(m.cron, probe.replace(microsecond=0), reverse=True)))
-            except (StopIteration, CronSimError):
+            except (StopIteration, CronSimError, ValueError, OverflowError):
                 return None
             end = opened.timestamp() + m.duration
             return end if opened.timestamp() <= now < end else None
