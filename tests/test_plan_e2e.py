@@ -215,7 +215,7 @@ APPROVALS = policy(
       - name: quick-timeout
         match: {components: [agent-c], failures: [crash]}
         steps:
-          - {strategy: restart, cooldown: 0s, approval: {timeout: 2s}}
+          - {strategy: restart, cooldown: 0s, approval: {timeout: 3s}}
           - {strategy: escalate}
       - name: ask-first
         match: {failures: [crash]}
@@ -237,10 +237,11 @@ def test_approve_deny_and_timeout(tmp_path: Path) -> None:
         wait_for(lambda: len(after(state, mark, "approval.requested")) == 3, what="three approval requests")
         status = json.loads(healer_cli("status", "-c", str(cfg), "--json").stdout)
         pending = {a["component"]: a for a in status["approvals_pending"]}
-        assert set(pending) == {"agent-a", "agent-b", "agent-c"}
+        # agent-c's request lives 3 s: it may already have timed out by the time the CLI answers.
+        assert {"agent-a", "agent-b"} <= set(pending) <= {"agent-a", "agent-b", "agent-c"}
         assert pending["agent-b"]["default"] == "deny" and pending["agent-b"]["strategy"] == "restart"
         listed = json.loads(healer_cli("approvals", "-c", str(cfg), "--json").stdout)
-        assert sorted(a["id"] for a in listed) == sorted(a["id"] for a in pending.values())
+        assert {a["id"] for a in listed} >= {pending["agent-a"]["id"], pending["agent-b"]["id"]}
         text = healer_cli("status", "-c", str(cfg)).stdout
         assert f"approval {pending['agent-a']['id']} pending: restart on agent-a" in text
 
