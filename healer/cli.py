@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -86,13 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=45.0, help="give up after this many seconds")
     demo.set_defaults(func=cmd_demo)
 
-    pol = sub.add_parser("policy", help="policy authoring tools")
-    psub = pol.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
-    chk = psub.add_parser("check", help="validate policy files; exit 1 on any error")
-    chk.add_argument("paths", nargs="+", type=Path)
-    chk.set_defaults(func=cmd_policy_check)
-    sch = psub.add_parser("schema", help="print the policy JSON Schema")
-    sch.set_defaults(func=cmd_policy_schema)
+    from healer.cli_plan import register as register_plan_commands
+
+    register_plan_commands(sub)  # policy check/schema/explain, approve, deny, approvals, silence, reload
 
     from healer.cli_plugins import add_parser as add_plugins_parser
 
@@ -110,6 +107,12 @@ def load_checked_config(path: Path) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+
+    # Until the daemon's event loop takes over, remember a stop request instead of dying of it.
+    early: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: early.append(signum))
     cfg = load_checked_config(args.config)
     logging.basicConfig(
         level=cfg.log_level.upper(),
@@ -119,7 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe request is noise
     from healer.daemon import Daemon
 
-    return asyncio.run(Daemon(cfg).run())
+    return asyncio.run(Daemon(cfg, early_signals=early).run())
 
 
 # -- readers --------------------------------------------------------------------------------------
@@ -231,12 +234,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         for n, c in sorted(state.components.items())
     }
     open_incidents = [incident_json(i) for i in state.incidents.values() if i.status != "resolved"]
+    from healer.cli_plan import approvals_json, print_status_extras, silences_json
+
     doc = {
         "state_dir": str(state_dir),
         "position": state.position,
         "policies_hash": state.policies_hash,
         "components": comps,
         "open_incidents": open_incidents,
+        "approvals_pending": approvals_json(state),
+        "silences": silences_json(state, time.time()),
     }
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -260,6 +267,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     console = Console()
     console.print(table)
     console.print(f"open or escalated incidents: {len(open_incidents)}")
+    print_status_extras(doc["approvals_pending"], doc["silences"])
     return 0
 
 
@@ -277,25 +285,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from healer.demo.runner import run_demo
 
     return asyncio.run(run_demo(args.state_dir, timeout=args.timeout))
-
-
-# -- policy tools -------------------------------------------------------------------------------------
-def cmd_policy_check(args: argparse.Namespace) -> int:
-    from healer.plan.policy import load_policies
-
-    try:
-        ps = load_policies(args.paths)
-    except PolicyError as exc:
-        for p in exc.problems:
-            print(p)
-        print(f"{len(exc.problems)} problem(s)", file=sys.stderr)
-        return 1
-    print(f"ok: {len(ps.policies)} policies in {len(ps.files)} file(s), hash {ps.hash}")
-    return 0
-
-
-def cmd_policy_schema(args: argparse.Namespace) -> int:
-    from healer.plan.policy import policy_json_schema
-
-    print(json.dumps(policy_json_schema(), indent=2))
-    return 0

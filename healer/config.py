@@ -162,6 +162,9 @@ class HealerConfig(BaseSettings):
     shutdown_timeout: Duration = 10.0  # how long SIGTERM waits for an in-flight action
     stop_components_on_exit: bool = True
     execute: ExecuteConfig = ExecuteConfig()
+    # Members of this group may use the control socket (approve, deny, silence, reload) too;
+    # unset: only the daemon's own user.
+    control_group: str | None = None
 
     @classmethod
     def settings_customise_sources(

@@ -23,6 +23,7 @@ from healer import __version__
 from healer.analyze.taxonomy import Taxonomy, load_taxonomy
 from healer.clock import Clock, SystemClock
 from healer.config import HealerConfig
+from healer.control import DaemonControl
 from healer.errors import PolicyError, StoreError
 from healer.execute.actuators import ActuatorServices
 from healer.execute.executor import Executor
@@ -34,6 +35,7 @@ from healer.knowledge.store import SQLiteEventStore, rebuild_state
 from healer.loop import ControlLoop, Decider
 from healer.monitor.probes import ProbeRegistry
 from healer.monitor.scheduler import Monitor
+from healer.plan.planner import WAKE_ON, next_wakeup
 from healer.plan.policy import PolicySet, load_policies
 from healer.sdnotify import Notifier
 from healer.supervisor import Supervisor
@@ -50,7 +52,10 @@ class Daemon:
         notifier: Notifier | None = None,
         taxonomy: Taxonomy | None = None,
         on_event: Any = None,
+        early_signals: list[int] | None = None,
     ) -> None:
+        # Signals that arrived before the event loop could handle them (see cli.cmd_run).
+        self.early_signals = early_signals if early_signals is not None else []
         self.config = config
         self.clock = clock or SystemClock()
         self.notifier = notifier or Notifier()
@@ -61,6 +66,7 @@ class Daemon:
         self.state: FleetState | None = None
         self.loop: ControlLoop | None = None
         self.exit_code = 0
+        self.last_reload_problems: list[str] = []
 
     # -- control from outside -------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -74,15 +80,19 @@ class Daemon:
 
     def reload_policies(self) -> bool:
         """SIGHUP: swap in the new set only if every file is valid; otherwise keep the old one."""
-        assert self.loop is not None
+        if self.loop is None:
+            log.warning("SIGHUP during start-up ignored: the policies are being loaded anyway")
+            return False
         try:
             new = self.load_policies()
         except PolicyError as exc:
+            self.last_reload_problems = list(exc.problems)
             log.error("policy reload rejected, previous policies stay in force:\n%s", exc)
             self.loop.submit(
                 Event(T.POLICIES_REJECTED, self.clock.wall(), data={"problems": exc.problems[:50]})
             )
             return False
+        self.last_reload_problems = []
         self.loop.decider.policies = new
         self.loop.submit(Event(T.POLICIES_LOADED, self.clock.wall(), data=_policies_data(new, reload=True)))
         log.info("policies reloaded: %d policies, hash %s", len(new.policies), new.hash)
@@ -91,6 +101,10 @@ class Daemon:
     # -- lifetime ------------------------------------------------------------------------------------
     async def run(self) -> int:
         cfg = self.config
+        # Handlers first: a SIGTERM during start-up must mean "stop once started", not death.
+        self._install_signals()
+        if self.early_signals:
+            self.request_stop()
         policies = self.load_policies()  # invalid policies at start: nothing to fall back on
         store = await SQLiteEventStore.open(
             cfg.state_dir, synchronous=cfg.store.synchronous, batch_max=cfg.store.batch_max, exclusive=True
@@ -101,6 +115,7 @@ class Daemon:
             trust_env=False,
         )
         supervisor: Supervisor | None = None
+        control: DaemonControl | None = None
         try:
             state = await rebuild_state(store)
             self.state = state
@@ -122,6 +137,7 @@ class Daemon:
                     inc = state.incidents.get(rec.incident or 0)
                     timeout = float(((inc.plan if inc else None) or {}).get("verify_timeout", 30))
                     asyncio.get_running_loop().call_later(timeout + 0.01, loop.tick)
+                self._arm_waits(rec, state, loop)
                 if self._on_event is not None:
                     self._on_event(rec)
 
@@ -193,12 +209,16 @@ class Daemon:
                 await loop.record(Event(T.POLICIES_LOADED, self.clock.wall(), data=_policies_data(policies)))
                 await loop.record(Event(T.ACTUATORS_LOADED, self.clock.wall(), data=actuators.summary()))
                 await self._recover(state, supervisor, loop, executor)
+                control = DaemonControl(self, loop, state, self.clock, cfg.components)
+                await control.start(cfg.state_dir, cfg.control_group)
+                wake = next_wakeup(state)
+                if wake is not None:
+                    self._wake_at(wake, loop)
                 monitor_task = tg.create_task(monitor.run(), name="monitor")
                 aux = [
                     tg.create_task(self._watchdog(), name="watchdog"),
                     tg.create_task(self._ticker(loop), name="deadline-ticker"),
                 ]
-                self._install_signals()
                 self.notifier.ready(f"healing {len(cfg.components)} components")
                 self._ready.set()
                 log.info(
@@ -235,6 +255,8 @@ class Daemon:
                 for task in (loop_task, *aux):
                     task.cancel()
         finally:
+            if control is not None:
+                await control.close()
             self._remove_signals()
             if supervisor is not None:
                 supervisor.close()
@@ -317,6 +339,25 @@ class Daemon:
                     )
                 )
         await loop.flush()
+
+    def _wake_at(self, when: float, loop: ControlLoop) -> None:
+        delay = max(0.0, when - self.clock.wall()) + 0.01
+        asyncio.get_running_loop().call_later(delay, loop.tick)
+
+    def _arm_waits(self, rec: RecordedEvent, state: FleetState, loop: ControlLoop) -> None:
+        """Tick the loop when something a waiting incident waits for may have changed or expire."""
+        if rec.type in WAKE_ON:
+            loop.tick()
+        d = rec.data
+        if rec.type == T.INCIDENT_DEFERRED and d.get("next_allowed_at") is not None:
+            self._wake_at(float(d["next_allowed_at"]), loop)
+        elif rec.type == T.APPROVAL_REQUESTED and d.get("deadline") is not None:
+            self._wake_at(float(d["deadline"]), loop)
+        elif rec.type == T.COMPONENT_RECOVERED and rec.component is not None:
+            inc = state.active_for(rec.component)
+            stable = float(((inc.plan if inc else None) or {}).get("verify_stable_for") or 0)
+            if inc is not None and inc.phase == "verifying" and stable > 0:
+                self._wake_at(rec.ts + stable, loop)
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval

@@ -23,7 +23,7 @@ from healer.errors import StoreError
 from healer.knowledge.events import Event, RecordedEvent
 from healer.knowledge.projections import FleetState
 from healer.knowledge.store import EventStore, rebuild_state
-from healer.plan.planner import plan
+from healer.plan.planner import due, plan, revisit
 from healer.plan.policy import PolicySet
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,13 @@ class Decider:
         out = analyze(state, rec, now, self.taxonomy, self.supervised)
         out.extend(plan(state, rec, self.policies, now, self.labels))
         return out
+
+    def due(self, state: FleetState, now: float) -> list[int]:
+        """Incidents waiting on a guardrail or an approval deadline, to decide again on a tick."""
+        return due(state, now)
+
+    def revisit(self, state: FleetState, incident: int, now: float) -> list[Event]:
+        return revisit(state, incident, self.policies, now, self.labels)
 
 
 @dataclass
@@ -123,6 +130,11 @@ class ControlLoop:
                 roots = analyze_deadlines(self.state, now)
                 for ev in roots:
                     self._decide(ev, now, decided)
+                # One waiting incident at a time, each against the state the previous one left:
+                # a freed budget slot goes to exactly one waiter.
+                for iid in self.decider.due(self.state, now):
+                    for ev in self.decider.revisit(self.state, iid, now):
+                        self._decide(ev, now, decided)
                 if item.reply is not None:
                     replies.append((item.reply, None))
                 continue

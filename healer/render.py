@@ -16,6 +16,10 @@ LEVELS: dict[str, str] = {
     T.COMPONENT_FAILED: "warning",
     T.INCIDENT_DETECTED: "warning",
     T.POLICIES_REJECTED: "error",
+    T.INCIDENT_DEFERRED: "warning",
+    T.APPROVAL_REQUESTED: "warning",
+    T.APPROVAL_DENIED: "warning",
+    T.APPROVAL_EXPIRED: "warning",
 }
 
 STYLES = {"error": "bold red", "warning": "yellow", "info": "green", "debug": "dim"}
@@ -82,6 +86,34 @@ def describe(rec: RecordedEvent) -> str:
         return f"{inc}{who}: resolved ({d.get('resolution')}), RTO {d.get('rto_achieved', 0):.2f}s"
     if t == T.INCIDENT_ESCALATED:
         return f"{inc}{who}: ESCALATED to a human: {d.get('reason')}"
+    if t == T.INCIDENT_DEFERRED:
+        nxt = d.get("next_allowed_at")
+        when = f", next allowed {timestamp(nxt)}" if isinstance(nxt, int | float) else ""
+        return f"{inc}{who}: waiting: {d.get('reason')}{when}"
+    if t == T.APPROVAL_REQUESTED:
+        return (
+            f"{inc}{who}: APPROVAL {d.get('approval')} needed for {d.get('strategy')} "
+            f"(policy {d.get('policy')}, step {d.get('step')}): healer approve {d.get('approval')} | "
+            f"healer deny {d.get('approval')} --reason ...; default {d.get('default')} "
+            f"at {timestamp(float(d.get('deadline') or 0))}"
+        )
+    if t in (T.APPROVAL_GRANTED, T.APPROVAL_DENIED):
+        by = d.get("by") or {}
+        verb = "granted" if t == T.APPROVAL_GRANTED else "denied"
+        why = f": {d.get('reason')}" if d.get("reason") else ""
+        user = f"{by.get('user')} (uid {by.get('uid')})"
+        return f"{inc}{who}: approval {d.get('approval')} {verb} by {user}{why}"
+    if t == T.APPROVAL_EXPIRED:
+        return f"{inc}{who}: approval {d.get('approval')} expired: {d.get('reason')} -> {d.get('outcome')}"
+    if t == T.SILENCE_CREATED:
+        by = (d.get("by") or {}).get("user")
+        return (
+            f"silence {d.get('silence')} on {d.get('component')} "
+            f"until {timestamp(float(d.get('until') or 0))} by {by}: {d.get('reason') or 'no reason given'}"
+        )
+    if t == T.SILENCE_EXPIRED:
+        by = (d.get("by") or {}).get("user")
+        return f"silence {d.get('silence')} on {d.get('component')} lifted by {by}"
     if t == T.POLICIES_LOADED:
         count = len(d.get("policies", []))
         return f"policies {'re' if d.get('reload') else ''}loaded: {count} policies, hash {d.get('hash')}"

@@ -31,6 +31,12 @@ class NoDecisions:
     def follow_ups(self, state: FleetState, rec: RecordedEvent, now: float) -> list[Event]:
         return []
 
+    def due(self, state: FleetState, now: float) -> list[int]:
+        return []
+
+    def revisit(self, state: FleetState, incident: int, now: float) -> list[Event]:
+        return []
+
 
 @dataclass
 class Harness:

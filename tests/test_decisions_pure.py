@@ -85,10 +85,19 @@ def test_cooldown_backs_off_then_escalates(tmp_path: Path) -> None:
     started(h, "agent-a", 11, 1.1)
     assert h.state.incidents[iid].phase == "verifying"
     out = h.feed(Event(T.PROCESS_EXITED, 1.3, "agent-a", data={"pid": 11, "exit_code": 3}), 1.3)
-    assert h.types(out)[1:] == [T.VERIFICATION_FAILED, T.INCIDENT_PLANNED]
+    assert h.types(out)[1:] == [T.VERIFICATION_FAILED, T.INCIDENT_DEFERRED]
+    held = out[-1].data
+    assert held["guardrail"] == "cooldown"
+    assert held["next_allowed_at"] == 1.0 + 10.0, "cooldown counts from the last action on the component"
+    # On a tick the waiting incident is decided again: still held at 10.9 (and the same block is
+    # not recorded twice), planned at 11.0.
+    assert h.decider.due(h.state, 10.9) == [iid]
+    assert h.decider.revisit(h.state, iid, 10.9) == []
+    replanned = h.decider.revisit(h.state, iid, 11.0)
+    out = h.feed(replanned[0], 11.0)
+    assert h.types(out) == [T.INCIDENT_PLANNED]
     second = out[-1].data
     assert second["attempt"] == 2
-    assert second["not_before"] == 1.0 + 10.0, "cooldown counts from the last action on the component"
     key2 = second["idempotency_key"]
     h.feed(Event(T.STEP_STARTED, 11.0, "agent-a", iid, {**base, "idempotency_key": key2 + "/action-0"}), 11.0)
     out = h.feed(

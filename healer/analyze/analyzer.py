@@ -67,6 +67,20 @@ def _on_failure(
                     },
                 )
             ]
+        if inc.phase == "verifying" and ev.type == T.COMPONENT_FAILED and _stable_for(inc) > 0:
+            # The step's verification asks for a stretch of health: failing again breaks it.
+            return [
+                Event(
+                    T.VERIFICATION_FAILED,
+                    now,
+                    comp,
+                    inc.id,
+                    {
+                        "reason": f"failed again before staying healthy for {_stable_for(inc):g}s",
+                        "cause": ev.position,
+                    },
+                )
+            ]
         return []
     cls = taxonomy.classify(facts)
     failure_class = cls.name if cls is not None else "unclassified"
@@ -103,6 +117,8 @@ def _on_recovery(state: FleetState, ev: RecordedEvent, now: float) -> list[Event
     inc = state.active_for(comp)
     if inc is None:
         return []
+    if inc.phase == "verifying" and _stable_for(inc) > 0:
+        return []  # verified by analyze_deadlines once it has stayed healthy long enough
     if inc.phase == "verifying":
         step = inc.actions[-1] if inc.actions else None
         took = now - step.finished_at if step is not None and step.finished_at is not None else None
@@ -131,6 +147,27 @@ def analyze_deadlines(state: FleetState, now: float) -> list[Event]:
     out = []
     for comp, iid in sorted(state.active_incident.items()):
         inc = state.incidents[iid]
+        stable = _stable_for(inc)
+        if inc.phase == "verifying" and stable > 0:
+            view = state.component(comp)
+            last = inc.actions[-1] if inc.actions else None
+            finished = inc.opened_at
+            if last is not None and last.finished_at is not None:
+                finished = last.finished_at
+            if view.health == "healthy" and view.health_since is not None:
+                since = max(view.health_since, finished)
+                if now >= since + stable:
+                    out.append(
+                        Event(
+                            T.INCIDENT_VERIFIED,
+                            now,
+                            comp,
+                            iid,
+                            {"verified_after": round(since - finished, 6), "stable_for": stable},
+                        )
+                    )
+                    out.append(_resolved(inc, now, "remediated", state.position))
+                continue  # healthy and proving it: the deadline was for becoming healthy
         if inc.phase == "verifying" and inc.verify_deadline is not None and now >= inc.verify_deadline:
             timeout = (inc.plan or {}).get("verify_timeout")
             out.append(
@@ -143,6 +180,11 @@ def analyze_deadlines(state: FleetState, now: float) -> list[Event]:
                 )
             )
     return out
+
+
+def _stable_for(inc: IncidentView) -> float:
+    """How long the component must stay healthy after the step (the policy's verify.stable_for)."""
+    return float((inc.plan or {}).get("verify_stable_for") or 0)
 
 
 def _exit_text(data: Any) -> str:

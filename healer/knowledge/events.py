@@ -28,6 +28,13 @@ class EventType(StrEnum):
     # Plan
     INCIDENT_PLANNED = "incident.planned"
     INCIDENT_ESCALATED = "incident.escalated"
+    INCIDENT_DEFERRED = "incident.deferred"  # a guardrail blocked the next action (recorded, with retry time)
+    APPROVAL_REQUESTED = "approval.requested"
+    APPROVAL_GRANTED = "approval.granted"
+    APPROVAL_DENIED = "approval.denied"
+    APPROVAL_EXPIRED = "approval.expired"  # nobody decided in time: the policy's default applied
+    SILENCE_CREATED = "silence.created"
+    SILENCE_EXPIRED = "silence.expired"  # lifted by hand before its end
     # Execute
     STEP_STARTED = "step.started"
     STEP_SUCCEEDED = "step.succeeded"

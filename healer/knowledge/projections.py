@@ -16,7 +16,12 @@ from typing import Any
 from healer.knowledge.events import EventType as T
 from healer.knowledge.events import RecordedEvent
 
-OPEN_PHASES = frozenset({"detected", "diagnosed", "planned", "acting", "verifying"})
+OPEN_PHASES = frozenset(
+    {"detected", "diagnosed", "planned", "acting", "verifying", "deferred", "awaiting_approval"}
+)
+# Bounds on the per-component and fleet-wide histories the guardrails count over: deterministic
+# (by count, not time), so a rebuilt snapshot equals the live one.
+HISTORY_MAX = 256
 
 
 @dataclass
@@ -31,6 +36,10 @@ class ComponentView:
     last_action_at: float | None = None
     restarts: int = 0
     evidence: dict[str, Any] = field(default_factory=dict)
+    # Guardrail counters (Plan): last start of each kind of remediation, recent attempts, incidents.
+    last_action_by: dict[str, float] = field(default_factory=dict)
+    attempt_log: list[tuple[float, str]] = field(default_factory=list)  # (started at, kind)
+    incident_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -91,6 +100,9 @@ class IncidentView:
     compensations: list[CompensationView] = field(default_factory=list)
     # The saga being compensated: {"plan_key", "failed", "pending": [compensation specs, in order]}.
     compensating: dict[str, Any] | None = None
+    deferred: dict[str, Any] | None = None  # the guardrail holding the next step back, while it does
+    last_failure: str | None = None  # why the latest attempt did not work (for the chain's reasons)
+    approvals: list[int] = field(default_factory=list)
 
     @property
     def is_open(self) -> bool:
@@ -104,6 +116,40 @@ class IncidentView:
 
 
 @dataclass
+class ApprovalView:
+    id: int
+    incident: int
+    component: str
+    step: int
+    policy: str
+    strategy: str
+    requested_at: float
+    deadline: float
+    default: str  # deny | approve: what a timeout decides
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "pending"  # pending | granted | denied | expired | cancelled
+    outcome: str | None = None  # granted | denied once decided (by a person or by the default)
+    decided_at: float | None = None
+    decided_by: dict[str, Any] | None = None
+    reason: str | None = None
+
+
+@dataclass
+class SilenceView:
+    id: int
+    component: str  # a name or a glob
+    created_at: float
+    until: float
+    reason: str
+    by: dict[str, Any] = field(default_factory=dict)
+    expired_at: float | None = None  # lifted by hand
+    expired_by: dict[str, Any] | None = None
+
+    def active(self, now: float) -> bool:
+        return self.expired_at is None and self.created_at <= now < self.until
+
+
+@dataclass
 class FleetState:
     components: dict[str, ComponentView] = field(default_factory=dict)
     incidents: dict[int, IncidentView] = field(default_factory=dict)
@@ -113,6 +159,11 @@ class FleetState:
     position: int = 0
     policies_hash: str | None = None
     actuator_breakers: dict[str, str] = field(default_factory=dict)  # breaker name -> its last state
+    approvals: dict[int, ApprovalView] = field(default_factory=dict)
+    next_approval: int = 1
+    silences: dict[int, SilenceView] = field(default_factory=dict)
+    next_silence: int = 1
+    plan_times: list[float] = field(default_factory=list)  # fleet-wide, for actions-per-window budgets
 
     # -- reading helpers (used by the pure Analyze and Plan stages) -----------------------
     def component(self, name: str) -> ComponentView:
@@ -154,6 +205,11 @@ class FleetState:
             "incidents": {str(k): asdict(v) for k, v in sorted(self.incidents.items())},
             "active_incident": dict(sorted(self.active_incident.items())),
             "next_incident": self.next_incident,
+            "approvals": {str(k): asdict(v) for k, v in sorted(self.approvals.items())},
+            "silences": {str(k): asdict(v) for k, v in sorted(self.silences.items())},
+            "next_approval": self.next_approval,
+            "next_silence": self.next_silence,
+            "plan_times": list(self.plan_times),
         }
 
     def digest(self) -> str:
@@ -200,6 +256,7 @@ def _incident_detected(s: FleetState, ev: RecordedEvent) -> None:
     )
     s.active_incident[ev.component] = ev.incident
     s.next_incident = max(s.next_incident, ev.incident + 1)
+    _bounded_append(s._comp(ev).incident_ids, ev.incident)
 
 
 def _incident_diagnosed(s: FleetState, ev: RecordedEvent) -> None:
@@ -223,6 +280,8 @@ def _incident_planned(s: FleetState, ev: RecordedEvent) -> None:
     inc.step_index = int(ev.data.get("step", 0))
     inc.plan = dict(ev.data)
     inc.verify_deadline = None
+    inc.deferred = None
+    _bounded_append(s.plan_times, ev.ts)
 
 
 def _step_started(s: FleetState, ev: RecordedEvent) -> None:
@@ -249,6 +308,11 @@ def _step_started(s: FleetState, ev: RecordedEvent) -> None:
     )
     if ev.component is not None:
         s._comp(ev).last_action_at = ev.ts
+        if action_index == 0:
+            kind = str((inc.plan or {}).get("kind") or (inc.plan or {}).get("strategy") or d.get("action"))
+            comp = s._comp(ev)
+            comp.last_action_by[kind] = ev.ts
+            _bounded_append(comp.attempt_log, (ev.ts, kind))
 
 
 def _step_finished(s: FleetState, ev: RecordedEvent) -> None:
@@ -272,6 +336,7 @@ def _step_finished(s: FleetState, ev: RecordedEvent) -> None:
     else:
         inc.phase = "diagnosed"  # waiting for the planner's next step
         inc.verify_deadline = None
+        inc.last_failure = str(ev.data.get("error") or ev.data.get("reason") or ev.type)
 
 
 def _verification_failed(s: FleetState, ev: RecordedEvent) -> None:
@@ -279,6 +344,7 @@ def _verification_failed(s: FleetState, ev: RecordedEvent) -> None:
     if inc is not None:
         inc.phase = "diagnosed"
         inc.verify_deadline = None
+        inc.last_failure = str(ev.data.get("reason") or "verification failed")
 
 
 def _incident_verified(s: FleetState, ev: RecordedEvent) -> None:
@@ -297,6 +363,7 @@ def _incident_resolved(s: FleetState, ev: RecordedEvent) -> None:
     inc.resolution = ev.data.get("resolution")
     inc.rto_achieved = ev.ts - inc.opened_at
     inc.verify_deadline = None
+    _close_waits(s, inc, ev)
     if s.active_incident.get(inc.component) == inc.id:
         del s.active_incident[inc.component]
 
@@ -310,6 +377,7 @@ def _incident_escalated(s: FleetState, ev: RecordedEvent) -> None:
     inc.escalated_at = ev.ts
     inc.escalation_reason = ev.data.get("reason")
     inc.verify_deadline = None
+    _close_waits(s, inc, ev)
 
 
 def _step_failed(s: FleetState, ev: RecordedEvent) -> None:
@@ -394,6 +462,89 @@ def _policies_loaded(s: FleetState, ev: RecordedEvent) -> None:
     s.policies_hash = ev.data.get("hash")
 
 
+def _bounded_append(items: list[Any], value: Any) -> None:
+    items.append(value)
+    if len(items) > HISTORY_MAX:
+        del items[: len(items) - HISTORY_MAX]
+
+
+def _close_waits(s: FleetState, inc: IncidentView, ev: RecordedEvent) -> None:
+    """A closed incident waits for nothing: its deferral ends and pending approvals are void."""
+    inc.deferred = None
+    for aid in inc.approvals:
+        ap = s.approvals.get(aid)
+        if ap is not None and ap.status == "pending":
+            ap.status = "cancelled"
+            ap.decided_at = ev.ts
+            ap.reason = f"incident {inc.status}"
+
+
+def _incident_deferred(s: FleetState, ev: RecordedEvent) -> None:
+    inc = s._inc(ev)
+    if inc is None:
+        return
+    inc.phase = "deferred"
+    inc.deferred = dict(ev.data)
+
+
+def _approval_requested(s: FleetState, ev: RecordedEvent) -> None:
+    inc = s._inc(ev)
+    d = ev.data
+    aid = int(d["approval"])
+    s.approvals[aid] = ApprovalView(
+        id=aid,
+        incident=int(ev.incident or 0),
+        component=str(ev.component),
+        step=int(d.get("step", 0)),
+        policy=str(d.get("policy")),
+        strategy=str(d.get("strategy")),
+        requested_at=ev.ts,
+        deadline=float(d.get("deadline", ev.ts)),
+        default=str(d.get("default", "deny")),
+        actions=list(d.get("actions", [])),
+    )
+    s.next_approval = max(s.next_approval, aid + 1)
+    if inc is not None:
+        inc.phase = "awaiting_approval"
+        inc.deferred = None
+        inc.approvals.append(aid)
+
+
+def _approval_decided(s: FleetState, ev: RecordedEvent) -> None:
+    ap = s.approvals.get(int(ev.data.get("approval", 0)))
+    if ap is None:
+        return
+    ap.status = ev.type.removeprefix("approval.")
+    ap.outcome = "granted" if ev.data.get("outcome", ap.status) in ("granted", "approve") else "denied"
+    ap.decided_at = ev.ts
+    ap.decided_by = ev.data.get("by")
+    ap.reason = ev.data.get("reason")
+    inc = s.incidents.get(ap.incident)
+    if inc is not None and inc.is_open and inc.phase == "awaiting_approval":
+        inc.phase = "diagnosed"  # the planner decides again, knowing the answer
+
+
+def _silence_created(s: FleetState, ev: RecordedEvent) -> None:
+    d = ev.data
+    sid = int(d["silence"])
+    s.silences[sid] = SilenceView(
+        id=sid,
+        component=str(d.get("component")),
+        created_at=ev.ts,
+        until=float(d.get("until", ev.ts)),
+        reason=str(d.get("reason", "")),
+        by=dict(d.get("by") or {}),
+    )
+    s.next_silence = max(s.next_silence, sid + 1)
+
+
+def _silence_expired(s: FleetState, ev: RecordedEvent) -> None:
+    sil = s.silences.get(int(ev.data.get("silence", 0)))
+    if sil is not None and sil.expired_at is None:
+        sil.expired_at = ev.ts
+        sil.expired_by = ev.data.get("by")
+
+
 _HANDLERS: dict[str, Callable[[FleetState, RecordedEvent], None]] = {
     T.PROCESS_STARTED: _process_started,
     T.PROCESS_ADOPTED: _process_started,
@@ -421,4 +572,11 @@ _HANDLERS: dict[str, Callable[[FleetState, RecordedEvent], None]] = {
     T.BREAKER_OPENED: _breaker_changed,
     T.BREAKER_HALF_OPENED: _breaker_changed,
     T.BREAKER_CLOSED: _breaker_changed,
+    T.INCIDENT_DEFERRED: _incident_deferred,
+    T.APPROVAL_REQUESTED: _approval_requested,
+    T.APPROVAL_GRANTED: _approval_decided,
+    T.APPROVAL_DENIED: _approval_decided,
+    T.APPROVAL_EXPIRED: _approval_decided,
+    T.SILENCE_CREATED: _silence_created,
+    T.SILENCE_EXPIRED: _silence_expired,
 }

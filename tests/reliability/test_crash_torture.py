@@ -95,8 +95,13 @@ def test_crash_torture(tmp_path: Path, request: pytest.FixtureRequest) -> None:
         for _trial in range(trials):
             d = DaemonProcess(cfg, {"HEALER_TEST_MARK": mark})
             logs.append(d.log)
-            # Let it get somewhere: sometimes barely started, sometimes mid-remediation.
-            deadline = time.monotonic() + rng.uniform(0.05, 1.2)
+            # Let it get somewhere: one run in five dies during start-up (recovery half done), the
+            # rest at a random moment once it is up (probing, deciding, mid-remediation).
+            if rng.random() < 0.2:
+                deadline = time.monotonic() + rng.uniform(0.05, 1.5)
+            else:
+                wait_for(lambda d=d: " ready: " in d.output() or d.proc.poll() is not None, timeout=30)
+                deadline = time.monotonic() + rng.uniform(0.05, 1.2)
             while time.monotonic() < deadline:
                 if rng.random() < 0.25:
                     pids = [p for ps in live_copies(state).values() for p in ps]
@@ -115,6 +120,7 @@ def test_crash_torture(tmp_path: Path, request: pytest.FixtureRequest) -> None:
         # Quiesce: one last daemon runs until every incident is closed and every agent healthy.
         final = DaemonProcess(cfg, {"HEALER_TEST_MARK": mark})
         logs.append(final.log)
+        wait_for(lambda: " ready: " in final.output(), timeout=30, what="final daemon ready")
 
         def settled() -> bool:
             evs = events(state)
