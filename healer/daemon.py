@@ -31,6 +31,7 @@ from healer.knowledge.events import EventType as T
 from healer.knowledge.projections import FleetState
 from healer.knowledge.store import SQLiteEventStore, rebuild_state
 from healer.loop import ControlLoop, Decider
+from healer.monitor.mqtt import MqttLink
 from healer.monitor.probes import ProbeRegistry
 from healer.monitor.scheduler import Monitor
 from healer.plan.policy import PolicySet, load_policies
@@ -112,9 +113,12 @@ class Daemon:
                 frozenset(commands),
             )
             executor: Executor | None = None
+            link: MqttLink | None = None
 
             def on_recorded(rec: RecordedEvent) -> None:
                 _log_event(rec)
+                if link is not None:
+                    link.publish_event(rec)
                 if rec.type == T.INCIDENT_PLANNED and executor is not None:
                     executor.dispatch(rec)
                 elif rec.type == T.STEP_SUCCEEDED:
@@ -141,7 +145,10 @@ class Daemon:
                     monitor.process_exited(component, data)
 
             supervisor = Supervisor(commands, cfg.state_dir / "logs", on_process)
-            monitor = Monitor(cfg, registry, supervisor, loop.submit, self.clock, http)
+            if cfg.mqtt is not None:
+                link = MqttLink.from_config(cfg, loop.submit, self.clock)
+            telemetry = link.book if link is not None else None
+            monitor = Monitor(cfg, registry, supervisor, loop.submit, self.clock, http, telemetry)
             actuators = ActuatorRegistry.discover(ActuatorServices(supervisor))
             executor = Executor(actuators, loop.record, self.clock)
 
@@ -166,6 +173,8 @@ class Daemon:
                     tg.create_task(self._watchdog(), name="watchdog"),
                     tg.create_task(self._ticker(loop), name="deadline-ticker"),
                 ]
+                if link is not None:
+                    aux.append(tg.create_task(link.run(), name="mqtt"))
                 self._install_signals()
                 self.notifier.ready(f"healing {len(cfg.components)} components")
                 self._ready.set()
@@ -184,6 +193,9 @@ class Daemon:
                 await executor.drain(cfg.shutdown_timeout)
                 if cfg.stop_components_on_exit:
                     await supervisor.stop_all()
+                if link is not None:  # publish what was recorded so far, then say offline
+                    await loop.flush()
+                    await link.stop(timeout=min(cfg.shutdown_timeout, 5.0))
                 await loop.flush()
                 await loop.record(
                     Event(

@@ -91,6 +91,9 @@ class FleetState:
     next_incident: int = 1
     position: int = 0
     policies_hash: str | None = None
+    # Monitor's telemetry link: bad input dropped per reason (cumulative), the broker link's state
+    telemetry_dropped: dict[str, int] = field(default_factory=dict)
+    mqtt: dict[str, Any] | None = None  # {"state": connected|disconnected, "since": ts, ...}
 
     # -- reading helpers (used by the pure Analyze and Plan stages) -----------------------
     def component(self, name: str) -> ComponentView:
@@ -169,6 +172,27 @@ def _component_recovered(s: FleetState, ev: RecordedEvent) -> None:
     c.health = "healthy"
     c.health_since = ev.ts
     c.evidence = dict(ev.data)
+
+
+def _component_became_unknown(s: FleetState, ev: RecordedEvent) -> None:
+    c = s._comp(ev)
+    c.health = "unknown"
+    c.health_since = ev.ts
+    c.evidence = dict(ev.data)
+
+
+def _telemetry_dropped(s: FleetState, ev: RecordedEvent) -> None:
+    for reason, count in dict(ev.data.get("dropped", {})).items():
+        s.telemetry_dropped[reason] = s.telemetry_dropped.get(reason, 0) + int(count)
+
+
+def _mqtt_link(s: FleetState, ev: RecordedEvent) -> None:
+    state = "connected" if ev.type == T.MQTT_CONNECTED else "disconnected"
+    s.mqtt = {"state": state, "since": ev.ts, **dict(ev.data)}
+
+
+def _daemon_started_mqtt(s: FleetState, ev: RecordedEvent) -> None:
+    s.mqtt = None  # a new daemon: its link has not reported yet
 
 
 def _incident_detected(s: FleetState, ev: RecordedEvent) -> None:
@@ -311,4 +335,9 @@ _HANDLERS: dict[str, Callable[[FleetState, RecordedEvent], None]] = {
     T.INCIDENT_RESOLVED: _incident_resolved,
     T.INCIDENT_ESCALATED: _incident_escalated,
     T.POLICIES_LOADED: _policies_loaded,
+    T.COMPONENT_BECAME_UNKNOWN: _component_became_unknown,
+    T.TELEMETRY_DROPPED: _telemetry_dropped,
+    T.MQTT_CONNECTED: _mqtt_link,
+    T.MQTT_DISCONNECTED: _mqtt_link,
+    T.DAEMON_STARTED: _daemon_started_mqtt,
 }
