@@ -233,6 +233,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         "policies_hash": state.policies_hash,
         "components": comps,
         "open_incidents": open_incidents,
+        "mqtt": state.mqtt,
+        "telemetry_dropped": dict(sorted(state.telemetry_dropped.items())),
     }
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -256,6 +258,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     console = Console()
     console.print(table)
     console.print(f"open or escalated incidents: {len(open_incidents)}")
+    if state.mqtt is not None:
+        link = state.mqtt
+        console.print(f"MQTT link to {link.get('broker')}: {link['state']} since {iso(link['since'])}")
+    if state.telemetry_dropped:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(state.telemetry_dropped.items()))
+        console.print(f"telemetry dropped (bad input, all time): {counts}")
     return 0
 
 

@@ -176,7 +176,8 @@ class TcpProbe:
         try:
             _, writer = await asyncio.open_connection(p.host, p.port)
         except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
+            # asyncio's multi-address connect hides the cause in strerror; errno keeps it.
+            reason = os.strerror(exc.errno) if exc.errno else f"{type(exc).__name__}: {exc}"
             return ProbeResult(False, f"connect {target}: {reason}", {"errno": exc.errno})
         connect_ms = round((self.ctx.clock.monotonic() - start) * 1000, 2)
         writer.close()

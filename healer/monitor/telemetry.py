@@ -114,7 +114,7 @@ def telemetry_json_schema() -> dict[str, Any]:
             "last level. The status topic also accepts the bare words online and offline."
         ),
         "$defs": defs,
-        "oneOf": [{"$ref": f"#/$defs/{kind}"} for kind in MODELS],
+        "anyOf": [{"$ref": f"#/$defs/{kind}"} for kind in MODELS],
     }
 
 
