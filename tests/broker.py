@@ -3,6 +3,7 @@ temporary config, that a test can stop and start again on the same port."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -41,6 +42,8 @@ class Broker:
             (f"listener {self.port} 127.0.0.1\n" if "listener" not in extra_conf else "")
             + ("allow_anonymous true\n" if "allow_anonymous" not in extra_conf else "")
             + store
+            # As root, mosquitto would drop to its own user and could not write its log or store here.
+            + ("user root\n" if os.geteuid() == 0 else "")
             + f"log_dest file {self.log}\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
             "max_keepalive 60\n" + extra_conf

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -17,8 +18,11 @@ import pytest
 from tests.broker import Broker, Subscriber
 from tests.helpers import (
     PY,
+    agent_component,
+    component_pid,
     events,
     free_port,
+    http_ok,
     is_healthy,
     running_daemon,
     wait_for,
@@ -219,3 +223,85 @@ def test_agent_reports_are_recorded(tmp_path: Path, broker: Broker, agents: Spaw
         got = [(e["data"]["kind"], e["data"]["value"]) for e in events(d.state_dir, "agent.reported")]
         assert got == [("state_corruption", "checksum mismatch"), ("quality", 0.25)]
         assert reports[0]["component"] == "agent-r"
+
+
+# -- broker outage ------------------------------------------------------------------------------------
+def test_broker_outage_reconnects_resubscribes_delivers_buffered_and_keeps_healing(
+    tmp_path: Path, agents: Spawn
+) -> None:
+    (tmp_path / "broker").mkdir()
+    broker = Broker(tmp_path / "broker", persistence=True)
+    broker.start()
+    watcher: Subscriber | None = None
+    try:
+        svc_port = free_port()
+        comps = agent_component("svc", svc_port) + mqtt_component("agent-o", max_age="1s")
+        cfg = write_config(tmp_path, comps, extra=mqtt_section(broker, keepalive=1))
+        # A fleet dashboard with a persistent session: what healer publishes while this client is
+        # still reconnecting after the outage is queued for it by the broker.
+        watcher = Subscriber(broker, ["healer/healer/+/events/#"], client_id="watcher", clean_session=False)
+        subscribed_at = time.time()
+        with running_daemon(cfg) as d:
+            state = d.state_dir
+            wait_for(last_of(state, "mqtt.connected"))
+            agents("agent-o", broker, "--heartbeat-interval", "0.2")
+            wait_for(lambda: is_healthy(state, "svc") and is_healthy(state, "agent-o"), what="fleet healthy")
+            wait_for(lambda: broker.db.exists() and broker.db.stat().st_mtime > subscribed_at + 0.5)
+
+            broker.kill()
+            down_at = time.monotonic()
+            down = wait_for(last_of(state, "mqtt.disconnected"), what="healer saw the outage")[0]
+
+            # Local healing goes on without the broker.
+            old = component_pid(state, "svc")
+            assert old is not None
+            os.kill(old, signal.SIGKILL)
+            resolved = wait_for(last_of(state, "incident.resolved", "svc"), what="svc healed during outage")
+            new = component_pid(state, "svc")
+            assert new is not None and new != old and http_ok(svc_port)
+            time.sleep(max(0.0, 4.0 - (time.monotonic() - down_at)))  # the outage lasts several seconds
+            assert not events(state, "component.failed", "agent-o"), (
+                "a broker outage is not the agent's failure"
+            )
+            during = [e["position"] for e in events(state) if e["position"] >= down["position"]]
+            assert resolved[0]["position"] in during
+
+            broker.start()
+            back = wait_for(lambda: events(state, "mqtt.connected")[1:], what="reconnected")[0]
+            assert back["data"]["session"] == 2 and back["data"]["buffered"] >= len(during) - 1
+
+            # Re-subscribed: telemetry published after the reconnect reaches the log.
+            subprocess.run(
+                [
+                    "mosquitto_pub",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(broker.port),
+                    "-q",
+                    "1",
+                    "-t",
+                    "healer/agents/agent-o/report",
+                    "-m",
+                    '{"kind": "quality", "value": 1}',
+                ],
+                check=True,
+                timeout=10,
+            )
+            wait_for(last_of(state, "agent.reported", "agent-o"), what="report after reconnect")
+            wait_for(lambda: is_healthy(state, "agent-o"), what="agent-o still healthy")
+            assert not events(state, "component.failed", "agent-o")
+
+            # Buffered while the broker was down, delivered after it came back, in order.
+            def delivered(msgs: list[tuple[float, str, bytes, bool]]) -> list[int] | None:
+                got = [json.loads(m[2])["position"] for m in msgs]
+                return got if set(during) <= set(got) else None
+
+            got = watcher.wait_for(delivered, timeout=20, what="buffered events delivered")
+            outage_part = [p for p in got if p in set(during)]
+            assert outage_part == sorted(outage_part), "delivered in the order recorded"
+            assert d.stop() == 0
+    finally:
+        if watcher is not None:
+            watcher.close()
+        broker.kill()
