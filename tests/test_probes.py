@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import psutil
@@ -114,7 +114,47 @@ async def test_http_passes_and_fails_against_a_real_server(ctx: Ctx, http_server
     lacks = await check("http", ctx, url=f"{base}/ok", body_contains="nope")
     assert lacks.ok is False and "body lacks" in lacks.detail
     refused = await check("http", ctx, url=f"http://127.0.0.1:{free_port()}/ok")
-    assert refused.ok is False and refused.values["error"] == "ConnectError"
+    assert refused.ok is False and refused.values["error"] == "ConnectionRefusedError"
+
+
+class _KeepAlive(BaseHTTPRequestHandler):
+    """HTTP/1.1, chunked bodies, and a connection silently dropped after every second request."""
+
+    protocol_version = "HTTP/1.1"
+    connections: ClassVar[set[tuple[str, int]]] = set()
+    served = 0
+
+    def do_GET(self) -> None:
+        _KeepAlive.connections.add(self.client_address)
+        _KeepAlive.served += 1
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for chunk in (b"hello ", b"chunked world"):
+            self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
+        self.close_connection = _KeepAlive.served % 2 == 0  # without saying so: a stale keep-alive
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+async def test_http_keeps_its_connection_alive_and_survives_a_dropped_one(ctx: Ctx) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _KeepAlive)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        p = probe(
+            "http", ctx, url=f"http://127.0.0.1:{server.server_address[1]}/x", body_contains="chunked world"
+        )
+        results = [await p.check() for _ in range(6)]
+        assert all(r.ok for r in results), [r.detail for r in results]
+        assert _KeepAlive.served == 6
+        # Two requests per connection: kept alive, and each silently dropped one was replaced.
+        assert len(_KeepAlive.connections) == 3
+        p.close()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # -- tcp -------------------------------------------------------------------------------------------
