@@ -28,7 +28,6 @@ import os
 import signal
 import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from healer.agent import protocol  # noqa: E402
+from healer.agent import protocol
 
 PY = sys.executable
 TCP_PORTS = 10
@@ -166,6 +165,8 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=60.0, help="measured window, seconds")
     ap.add_argument("--wills-per-s", type=float, default=2.0, help="last wills triggered per second")
     ap.add_argument("--out", type=Path, default=None, help="also write the markdown report here")
+    ap.add_argument("--mix", default="http=0.4,tcp=0.3,file=0.2,mqtt=0.1", help="share of each probe kind")
+    ap.add_argument("--profile", type=Path, default=None, help="run the daemon under cProfile, stats here")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -180,33 +181,39 @@ def main() -> int:
     broker = Broker(tmp / "broker", extra_conf="max_queued_messages 0\n")
     broker.start()
     n = args.probes
-    n_http, n_tcp, n_file = int(n * 0.4), int(n * 0.3), int(n * 0.2)
+    mix = {k: float(v) for k, v in (part.split("=") for part in args.mix.split(","))}
+    unknown = set(mix) - {"http", "tcp", "file", "mqtt"}
+    if unknown:
+        raise SystemExit(f"--mix: unknown probe kinds {sorted(unknown)}")
+    total = sum(mix.values())
+    n_http, n_tcp, n_file = (round(n * mix.get(k, 0) / total) for k in ("http", "tcp", "file"))
     n_mqtt = n - n_http - n_tcp - n_file
-    n_will = max(1, n_mqtt // 5)
+    n_will = max(1, n_mqtt // 5) if n_mqtt else 0
     n_beat = n_mqtt - n_will
     http_port = free_port()
     tcp_ports = [free_port() for _ in range(TCP_PORTS)]
     files = [tmp / "beats" / f"b{i}" for i in range(n_file)]
-    files[0].parent.mkdir()
+    (tmp / "beats").mkdir()
     for f in files:
         f.write_text("x")
     beat_agents = [f"hb-{i}" for i in range(n_beat)]
     will_agents = [f"will-{i}" for i in range(n_will)]
     iv = f"{args.interval}s"
-    common = f"        interval: {iv}\n        timeout: 0.5s\n        jitter: 0.05s\n        failure_threshold: 2\n"
+    common = "".join(
+        f"        {k}: {v}\n"
+        for k, v in {"interval": iv, "timeout": "0.5s", "jitter": "0.05s", "failure_threshold": 2}.items()
+    )
     comps: list[str] = []
     for i in range(n_http):
-        comps.append(
-            f"  http-{i}:\n    probes:\n      - type: http\n        url: http://127.0.0.1:{http_port}/h/{i}\n{common}"
-        )
+        url = f"http://127.0.0.1:{http_port}/h/{i}"
+        comps.append(f"  http-{i}:\n    probes:\n      - type: http\n        url: {url}\n{common}")
     for i in range(n_tcp):
-        comps.append(
-            f"  tcp-{i}:\n    probes:\n      - type: tcp\n        host: 127.0.0.1\n        port: {tcp_ports[i % TCP_PORTS]}\n{common}"
-        )
+        port = tcp_ports[i % TCP_PORTS]
+        tcp_spec = f"      - type: tcp\n        host: 127.0.0.1\n        port: {port}\n"
+        comps.append(f"  tcp-{i}:\n    probes:\n{tcp_spec}{common}")
     for i, f in enumerate(files):
-        comps.append(
-            f"  file-{i}:\n    probes:\n      - type: heartbeat_file\n        path: {f}\n        max_age: 5s\n{common}"
-        )
+        spec_ = f"      - type: heartbeat_file\n        path: {f}\n        max_age: 5s\n"
+        comps.append(f"  file-{i}:\n    probes:\n{spec_}{common}")
     for a in beat_agents:
         comps.append(f"  {a}:\n    probes:\n      - type: mqtt_heartbeat\n        max_age: 5s\n{common}")
     for a in will_agents:
@@ -250,9 +257,15 @@ def main() -> int:
     sub.loop_start()
 
     log = (tmp / "daemon.log").open("wb")
-    daemon = subprocess.Popen(
-        [PY, "-m", "healer", "run", "-c", str(cfg)], stdout=log, stderr=subprocess.STDOUT
-    )
+    argv = [PY, "-m", "healer", "run", "-c", str(cfg)]
+    if args.profile:
+        code = (
+            "import cProfile, sys\nfrom healer.cli import main\np = cProfile.Profile()\np.enable()\n"
+            f"try:\n    main(['run', '-c', {str(cfg)!r}])\n"
+            f"finally:\n    p.disable()\n    p.dump_stats({str(args.profile)!r})\n"
+        )
+        argv = [PY, "-c", code]
+    daemon = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     started = time.monotonic()
     try:
         deadline = time.monotonic() + 120
@@ -282,7 +295,7 @@ def main() -> int:
                 if now >= due:
                     w.connect()
                     pending_reconnect.remove((due, w))
-            if now >= next_will:
+            if wills and now >= next_will:
                 next_will += 1 / args.wills_per_s
                 w = wills[turn % len(wills)]
                 turn += 1
@@ -328,34 +341,41 @@ def main() -> int:
         unexpected = {c: k for c, k in failed if not c.startswith("will-")}
     finally:
         daemon.send_signal(signal.SIGTERM)
+        stop_at = time.monotonic()
         try:
-            daemon.wait(30)
+            rc: int | str = daemon.wait(60)
         except subprocess.TimeoutExpired:
             daemon.kill()
+            rc = "killed after 60 s"
+        stop_s = time.monotonic() - stop_at
         targets.kill()
         sub.loop_stop()
         broker.kill()
     cpu_pct = 100 * (cpu1 - cpu0) / (wall1 - wall0)
     load = os.getloadavg()
+
+    def dist(xs: list[float]) -> str:
+        top = max(xs, default=float("nan"))
+        return f"{percentile(xs, 50):.1f} / {percentile(xs, 99):.1f} / {top:.1f} ms"
+
     lines = [
-        f"probe load: {n} probes every {args.interval:g}s ({n_http} http, {n_tcp} tcp, {n_file} heartbeat_file, "
-        f"{n_mqtt} mqtt_heartbeat), measured for {wall1 - wall0:.0f}s after a {warmup:.1f}s warm-up",
+        f"probe load: {n} probes every {args.interval:g}s ({n_http} http, {n_tcp} tcp, "
+        f"{n_file} heartbeat_file, {n_mqtt} mqtt_heartbeat), measured for {wall1 - wall0:.0f}s "
+        f"after a {warmup:.1f}s warm-up",
         "",
         "| metric | result | goal |",
         "| --- | --- | --- |",
         f"| healer CPU, % of one core | {cpu_pct:.1f} % | <= 5 % |",
         f"| healer peak RSS (VmHWM, whole run) | {hwm / 1024:.1f} MB | <= 120 MB |",
         f"| healer max RSS sampled in the window | {rss_max / 1024:.1f} MB | |",
-        f"| last will -> observation (event ts), p50 / p99 / max | "
-        f"{percentile(observed, 50):.1f} / {percentile(observed, 99):.1f} / {max(observed, default=float('nan')):.1f} ms "
-        f"| p99 <= 20 ms |",
-        f"| last will -> durable row seen (2 ms polling), p50 / p99 / max | "
-        f"{percentile(durable, 50):.1f} / {percentile(durable, 99):.1f} / {max(durable, default=float('nan')):.1f} ms | |",
+        f"| last will -> observation (event ts), p50 / p99 / max | {dist(observed)} | p99 <= 20 ms |",
+        f"| last will -> durable row seen (2 ms polling), p50 / p99 / max | {dist(durable)} | |",
         f"| last-will samples | {len(observed)} | |",
         f"| unexpected component failures (probes that fell behind) | {sum(unexpected.values())} | 0 |",
+        f"| daemon exit on SIGTERM | {rc} after {stop_s:.1f} s | 0 |",
         "",
-        f"machine: {os.cpu_count()} cores, load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} "
-        "(1 / 5 / 15 min)",
+        f"machine: {os.cpu_count()} cores, load average at the end "
+        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min)",
     ]
     if unexpected:
         lines.append(f"unexpected failures: {dict(sorted(unexpected.items())[:20])}")
