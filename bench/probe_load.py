@@ -151,6 +151,17 @@ def cpu_seconds(pid: int) -> float:
     return float(t.user + t.system)
 
 
+def run_queue_wait(pid: int) -> float:
+    """Seconds the process spent runnable but waiting for a CPU (/proc/PID/schedstat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 def status_kb(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -165,6 +176,7 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=60.0, help="measured window, seconds")
     ap.add_argument("--wills-per-s", type=float, default=2.0, help="last wills triggered per second")
     ap.add_argument("--out", type=Path, default=None, help="also write the markdown report here")
+    ap.add_argument("--samples", type=Path, default=None, help="write each last-will sample (JSON lines)")
     ap.add_argument("--mix", default="http=0.4,tcp=0.3,file=0.2,mqtt=0.1", help="share of each probe kind")
     ap.add_argument("--profile", type=Path, default=None, help="run the daemon under cProfile, stats here")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
@@ -177,6 +189,7 @@ def main() -> int:
     from tests.helpers import free_port
 
     tmp = Path(tempfile.mkdtemp(prefix="healer-probe-load-"))
+    print(f"working in {tmp}", file=sys.stderr)
     (tmp / "broker").mkdir()
     broker = Broker(tmp / "broker", extra_conf="max_queued_messages 0\n")
     broker.start()
@@ -281,10 +294,11 @@ def main() -> int:
         warmup = time.monotonic() - started
         time.sleep(2 * args.interval)  # let start-up work settle before measuring
         start_pos = query(db, "SELECT MAX(position) FROM events")[0][0]
-        cpu0, wall0 = cpu_seconds(daemon.pid), time.monotonic()
+        cpu0, wall0, wait0 = cpu_seconds(daemon.pid), time.monotonic(), run_queue_wait(daemon.pid)
         rss_max = 0
         observed: list[float] = []
         durable: list[float] = []
+        samples: list[dict[str, Any]] = []
         next_will = wall0
         turn = 0
         pending_reconnect: list[tuple[float, WillAgent]] = []
@@ -327,10 +341,11 @@ def main() -> int:
                 if row and got:
                     observed.append((row[0][0] - got[0]) * 1000)
                     durable.append((visible - got[0]) * 1000)
+                    samples.append({"at": got[0], "agent": w.name, "observed_ms": observed[-1]})
                 pending_reconnect.append((time.monotonic() + 0.5, w))
             time.sleep(0.01)
         wall1 = time.monotonic()
-        cpu1 = cpu_seconds(daemon.pid)
+        cpu1, wait1 = cpu_seconds(daemon.pid), run_queue_wait(daemon.pid)
         hwm = status_kb(daemon.pid, "VmHWM")
         failed = query(
             db,
@@ -352,6 +367,7 @@ def main() -> int:
         sub.loop_stop()
         broker.kill()
     cpu_pct = 100 * (cpu1 - cpu0) / (wall1 - wall0)
+    queued = 100 * (wait1 - wait0) / (wall1 - wall0)
     load = os.getloadavg()
 
     def dist(xs: list[float]) -> str:
@@ -373,6 +389,7 @@ def main() -> int:
         f"| last-will samples | {len(observed)} | |",
         f"| unexpected component failures (probes that fell behind) | {sum(unexpected.values())} | 0 |",
         f"| daemon exit on SIGTERM | {rc} after {stop_s:.1f} s | 0 |",
+        f"| healer runnable but waiting for a CPU (run-queue delay) | {queued:.1f} % of the window | |",
         "",
         f"machine: {os.cpu_count()} cores, load average at the end "
         f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min)",
@@ -383,6 +400,8 @@ def main() -> int:
     print(report)
     if args.out is not None:
         args.out.write_text(report + "\n")
+    if args.samples is not None:
+        args.samples.write_text("".join(json.dumps(x) + "\n" for x in samples))
     return 0
 
 

@@ -190,12 +190,22 @@ class Monitor:
         spec = runner.spec
         # Spread first checks so a fleet's probes do not fire in lock-step.
         await self._clock.sleep(random.uniform(0, min(spec.interval, 0.1)))  # noqa: S311
+        phased = False
         while True:
             runner.wake.clear()
             result = await self._check(runner)
             runner.record(result)
             self._update(comp)
-            delay = spec.interval if runner.status != "unknown" else min(spec.interval, STARTUP_INTERVAL)
+            if runner.status == "unknown":
+                delay = min(spec.interval, STARTUP_INTERVAL)
+            elif not phased:
+                # Probes that started together would stay in lock-step and hit the loop as one
+                # burst every interval (delaying a last will behind a thousand checks): the first
+                # steady-state wait gives each probe its own phase, never a longer wait.
+                delay = random.uniform(0, spec.interval)  # noqa: S311
+                phased = True
+            else:
+                delay = spec.interval
             if spec.jitter:
                 delay += random.uniform(0, spec.jitter)  # noqa: S311
             with contextlib.suppress(TimeoutError):
