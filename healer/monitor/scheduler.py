@@ -34,6 +34,50 @@ log = logging.getLogger(__name__)
 STARTUP_INTERVAL = 0.2
 
 
+class Wake:
+    """Ends a runner's wait between checks early (an Event's set/clear/is_set, and a sleep).
+
+    A thousand probes a second make the wait between checks the scheduler's hottest path: one
+    future and one timer handle per wait cost about half of ``asyncio.timeout`` around
+    ``Event.wait``.
+    """
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def sleep(self, delay: float) -> None:
+        """Wait ``delay`` seconds, or less if ``set`` is called meanwhile."""
+        if self._set:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        handle = loop.call_later(delay, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            handle.cancel()
+            self._waiter = None
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 @dataclass
 class ProbeRunner:
     name: str
@@ -43,7 +87,7 @@ class ProbeRunner:
     passes: int = 0
     failures: int = 0
     last: ProbeResult | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: Wake = field(default_factory=Wake)
     errored: bool = False  # the last check raised: this probe cannot judge its target
 
     def record(self, result: ProbeResult) -> None:
@@ -208,9 +252,7 @@ class Monitor:
                 delay = spec.interval
             if spec.jitter:
                 delay += random.uniform(0, spec.jitter)  # noqa: S311
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await runner.wake.wait()
+            await runner.wake.sleep(delay)
 
     async def _check(self, runner: ProbeRunner) -> ProbeResult:
         try:
