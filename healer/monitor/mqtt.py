@@ -240,7 +240,9 @@ class MqttLink:
             logger=self._client_log,
         )
         async with contextlib.AsyncExitStack() as stack:
-            async with asyncio.timeout(cfg.connect_timeout):
+            # aiomqtt bounds the CONNACK wait by connect_timeout itself (and then resets its
+            # state); this outer bound also covers the TCP/TLS connect and the subscribe.
+            async with asyncio.timeout(2 * cfg.connect_timeout):
                 await stack.enter_async_context(client)
                 await client.subscribe(protocol.agents_filter(cfg.topic_prefix), qos=1)
                 online = protocol.status_payload(
