@@ -244,6 +244,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         "open_incidents": open_incidents,
         "approvals_pending": approvals_json(state),
         "silences": silences_json(state, time.time()),
+        "mqtt": state.mqtt,
+        "telemetry_dropped": dict(sorted(state.telemetry_dropped.items())),
     }
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -268,6 +270,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"open or escalated incidents: {len(open_incidents)}")
     print_status_extras(doc["approvals_pending"], doc["silences"])
+    if state.mqtt is not None:
+        link = state.mqtt
+        console.print(f"MQTT link to {link.get('broker')}: {link['state']} since {iso(link['since'])}")
+    if state.telemetry_dropped:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(state.telemetry_dropped.items()))
+        console.print(f"telemetry dropped (bad input, all time): {counts}")
     return 0
 
 

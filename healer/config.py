@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import pydantic
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -149,6 +150,53 @@ class ExecuteConfig(_Strict):
         return v
 
 
+class MqttTlsConfig(_Strict):
+    ca: Path | None = None  # None: the system's trusted CAs
+    cert: Path | None = None  # client certificate (with key) for brokers that require one
+    key: Path | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _cert_with_key(self) -> MqttTlsConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate needs both cert and key")
+        return self
+
+
+def _default_client_id() -> str:
+    import socket
+
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:50] or "host"
+    return f"healer-{host}"
+
+
+class MqttConfig(_Strict):
+    """The daemon's one MQTT connection (telemetry in, its own status and events out)."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=1883, ge=1, le=65535)
+    tls: MqttTlsConfig | None = None
+    username: str | None = None
+    password: pydantic.SecretStr | None = None  # or HEALER_MQTT__PASSWORD
+    keepalive: int = Field(default=10, ge=1, le=3600)  # seconds; low, so a dead link is seen soon
+    client_id: Name = Field(default_factory=_default_client_id)
+    topic_prefix: str = "healer"
+    outbox_size: int = Field(default=10_000, ge=1, le=10_000_000)  # buffered while the broker is down
+    max_payload: pydantic.ByteSize = Field(default=pydantic.ByteSize(65_536), ge=64)
+    incoming_queue: int = Field(default=10_000, ge=1)
+    connect_timeout: Duration = 5.0
+    reconnect_min: Duration = 0.2
+    reconnect_max: Duration = 10.0
+    drop_report_interval: Duration = 10.0  # telemetry.dropped summaries: at most one per interval
+    publish_events: bool = True  # every recorded event to {prefix}/healer/{client_id}/events/{type}
+
+    @pydantic.field_validator("topic_prefix")
+    @classmethod
+    def _plain_topic(cls, v: str) -> str:
+        if not v or any(c in v for c in "+#\x00") or v.startswith("/") or v.endswith("/"):
+            raise ValueError("expected a topic prefix without wildcards or leading/trailing '/'")
+        return v
+
+
 class HealerConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HEALER_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -165,6 +213,7 @@ class HealerConfig(BaseSettings):
     # Members of this group may use the control socket (approve, deny, silence, reload) too;
     # unset: only the daemon's own user.
     control_group: str | None = None
+    mqtt: MqttConfig | None = None  # telemetry (heartbeats, last wills, breakers); off when absent
 
     @classmethod
     def settings_customise_sources(
@@ -204,6 +253,7 @@ def load_config(path: Path, extra_checks: ExtraCheck | None = None) -> HealerCon
         problems = [_mention_env(p) for p in problems]
         raise ConfigError(_render(problems)) from exc
     cfg = _resolve_paths(cfg, path.parent)
+    cfg = _resolve_mqtt_paths(cfg, path.parent)
     found = dependency_problems(cfg)
     if not found and extra_checks is not None:
         found = extra_checks(cfg)
@@ -274,3 +324,13 @@ def _resolve_paths(cfg: HealerConfig, base: Path) -> HealerConfig:
             "execute": execute,
         }
     )
+
+
+def _resolve_mqtt_paths(cfg: HealerConfig, base: Path) -> HealerConfig:
+    """TLS files named relative to the config file, like every other path in it."""
+    if cfg.mqtt is None or cfg.mqtt.tls is None:
+        return cfg
+    found = {k: v.expanduser() for k, v in cfg.mqtt.tls.model_dump().items() if v is not None}
+    resolved = {k: v if v.is_absolute() else (base / v).resolve() for k, v in found.items()}
+    tls = cfg.mqtt.tls.model_copy(update=resolved)
+    return cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"tls": tls})})

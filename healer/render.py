@@ -20,6 +20,9 @@ LEVELS: dict[str, str] = {
     T.APPROVAL_REQUESTED: "warning",
     T.APPROVAL_DENIED: "warning",
     T.APPROVAL_EXPIRED: "warning",
+    T.COMPONENT_BECAME_UNKNOWN: "warning",
+    T.MQTT_DISCONNECTED: "warning",
+    T.TELEMETRY_DROPPED: "warning",
 }
 
 STYLES = {"error": "bold red", "warning": "yellow", "info": "green", "debug": "dim"}
@@ -132,6 +135,25 @@ def describe(rec: RecordedEvent) -> str:
     text = describe_execute(rec)
     if text is not None:
         return text
+    if t == T.COMPONENT_BECAME_UNKNOWN:
+        return f"{who}: health unknown: probe error in {', '.join(d.get('errored', [])) or '?'}"
+    if t == T.BREAKER_TRANSITIONED:
+        return (
+            f"{who}: breaker on {d.get('dependency')} {d.get('previous') or '?'} -> {d.get('state')} "
+            f"({d.get('failure_count')} failures)"
+        )
+    if t == T.AGENT_REPORTED:
+        return f"{who}: reported {d.get('kind')} = {d.get('value')!r}" + (
+            f" ({d['detail']})" if d.get("detail") else ""
+        )
+    if t == T.MQTT_CONNECTED:
+        buffered = d.get("buffered", 0)
+        return f"MQTT link to {d.get('broker')} up (session {d.get('session')}, {buffered} buffered)"
+    if t == T.MQTT_DISCONNECTED:
+        return f"MQTT link to {d.get('broker')} down: {d.get('reason')}"
+    if t == T.TELEMETRY_DROPPED:
+        counts = ", ".join(f"{k} {v}" for k, v in dict(d.get("dropped", {})).items())
+        return f"dropped bad telemetry: {counts} (of {d.get('received')} received)"
     return f"{inc}{who}: {t}"
 
 

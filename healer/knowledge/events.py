@@ -19,6 +19,13 @@ class EventType(StrEnum):
     PROCESS_EXITED = "process.exited"
     COMPONENT_FAILED = "component.failed"
     COMPONENT_RECOVERED = "component.recovered"
+    COMPONENT_BECAME_UNKNOWN = "component.became_unknown"  # a probe broke: health cannot be judged
+    BREAKER_TRANSITIONED = "breaker.transitioned"  # an agent's circuit breaker changed state
+    AGENT_REPORTED = "agent.reported"  # an agent reported a signal (state corruption, quality, ...)
+    # Monitor: the telemetry link itself
+    MQTT_CONNECTED = "mqtt.connected"
+    MQTT_DISCONNECTED = "mqtt.disconnected"
+    TELEMETRY_DROPPED = "telemetry.dropped"  # bad input dropped since the last summary, per reason
     # Analyze
     INCIDENT_DETECTED = "incident.detected"
     INCIDENT_DIAGNOSED = "incident.diagnosed"
@@ -61,6 +68,9 @@ OBSERVATIONS = frozenset(
         EventType.PROCESS_EXITED,
         EventType.COMPONENT_FAILED,
         EventType.COMPONENT_RECOVERED,
+        EventType.COMPONENT_BECAME_UNKNOWN,
+        EventType.BREAKER_TRANSITIONED,
+        EventType.AGENT_REPORTED,
     }
 )
 

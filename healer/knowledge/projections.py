@@ -164,6 +164,9 @@ class FleetState:
     silences: dict[int, SilenceView] = field(default_factory=dict)
     next_silence: int = 1
     plan_times: list[float] = field(default_factory=list)  # fleet-wide, for actions-per-window budgets
+    # Monitor's telemetry link: bad input dropped per reason (cumulative), the broker link's state
+    telemetry_dropped: dict[str, int] = field(default_factory=dict)
+    mqtt: dict[str, Any] | None = None  # {"state": connected|disconnected, "since": ts, ...}
 
     # -- reading helpers (used by the pure Analyze and Plan stages) -----------------------
     def component(self, name: str) -> ComponentView:
@@ -247,6 +250,27 @@ def _component_recovered(s: FleetState, ev: RecordedEvent) -> None:
     c.health = "healthy"
     c.health_since = ev.ts
     c.evidence = dict(ev.data)
+
+
+def _component_became_unknown(s: FleetState, ev: RecordedEvent) -> None:
+    c = s._comp(ev)
+    c.health = "unknown"
+    c.health_since = ev.ts
+    c.evidence = dict(ev.data)
+
+
+def _telemetry_dropped(s: FleetState, ev: RecordedEvent) -> None:
+    for reason, count in dict(ev.data.get("dropped", {})).items():
+        s.telemetry_dropped[reason] = s.telemetry_dropped.get(reason, 0) + int(count)
+
+
+def _mqtt_link(s: FleetState, ev: RecordedEvent) -> None:
+    state = "connected" if ev.type == T.MQTT_CONNECTED else "disconnected"
+    s.mqtt = {"state": state, "since": ev.ts, **dict(ev.data)}
+
+
+def _daemon_started_mqtt(s: FleetState, ev: RecordedEvent) -> None:
+    s.mqtt = None  # a new daemon: its link has not reported yet
 
 
 def _incident_detected(s: FleetState, ev: RecordedEvent) -> None:
@@ -579,4 +603,9 @@ _HANDLERS: dict[str, Callable[[FleetState, RecordedEvent], None]] = {
     T.APPROVAL_EXPIRED: _approval_decided,
     T.SILENCE_CREATED: _silence_created,
     T.SILENCE_EXPIRED: _silence_expired,
+    T.COMPONENT_BECAME_UNKNOWN: _component_became_unknown,
+    T.TELEMETRY_DROPPED: _telemetry_dropped,
+    T.MQTT_CONNECTED: _mqtt_link,
+    T.MQTT_DISCONNECTED: _mqtt_link,
+    T.DAEMON_STARTED: _daemon_started_mqtt,
 }

@@ -2,7 +2,10 @@
 
 Each probe gets hysteresis (N consecutive failures to fail, M passes to pass); a component is
 failing when any of its probes fails and healthy when all pass. Only transitions become
-events: the log records what changed, not every heartbeat of every probe.
+events: the log records what changed, not every heartbeat of every probe. A probe that
+raises says nothing about its target: the component becomes *unknown*, never healthy.
+Event-driven results (a pidfd exit, an MQTT last will) are pushed in through the probe's
+context and recorded at once, without waiting for the probe's next turn.
 """
 
 from __future__ import annotations
@@ -22,12 +25,57 @@ from healer.config import HealerConfig, ProbeConfig
 from healer.knowledge.events import Event
 from healer.knowledge.events import EventType as T
 from healer.monitor.probes import Probe, ProbeRegistry, ProbeResult
+from healer.monitor.telemetry import TelemetryBook
 from healer.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
 # After a (re)start a probe looks this often until it is conclusive, so recovery is seen fast.
 STARTUP_INTERVAL = 0.2
+
+
+class Wake:
+    """Ends a runner's wait between checks early (an Event's set/clear/is_set, and a sleep).
+
+    A thousand probes a second make the wait between checks the scheduler's hottest path: one
+    future and one timer handle per wait cost about half of ``asyncio.timeout`` around
+    ``Event.wait``.
+    """
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def sleep(self, delay: float) -> None:
+        """Wait ``delay`` seconds, or less if ``set`` is called meanwhile."""
+        if self._set:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        handle = loop.call_later(delay, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            handle.cancel()
+            self._waiter = None
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 @dataclass
@@ -39,7 +87,8 @@ class ProbeRunner:
     passes: int = 0
     failures: int = 0
     last: ProbeResult | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: Wake = field(default_factory=Wake)
+    errored: bool = False  # the last check raised: this probe cannot judge its target
 
     def record(self, result: ProbeResult) -> None:
         self.last = result
@@ -64,6 +113,7 @@ class ProbeRunner:
 
     def reset(self) -> None:
         self.status, self.passes, self.failures, self.last = "unknown", 0, 0, None
+        self.errored = False
         self.wake.set()
 
     def evidence(self) -> dict[str, Any]:
@@ -91,10 +141,22 @@ class ComponentHealth:
 
 
 class _Ctx:
-    def __init__(self, component: str, supervisor: Supervisor, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        component: str,
+        supervisor: Supervisor,
+        http: httpx.AsyncClient,
+        clock: Clock,
+        telemetry: TelemetryBook | None,
+        monitor: Monitor,
+    ) -> None:
         self._component = component
         self._supervisor = supervisor
         self._http = http
+        self._clock = clock
+        self._telemetry = telemetry
+        self._monitor = monitor
+        self.runner: ProbeRunner | None = None  # bound once the runner exists
 
     @property
     def component(self) -> str:
@@ -110,6 +172,22 @@ class _Ctx:
     def http(self) -> httpx.AsyncClient:
         return self._http
 
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def telemetry(self) -> TelemetryBook | None:
+        return self._telemetry
+
+    def push(self, result: ProbeResult) -> None:
+        if self.runner is not None:
+            self._monitor.push(self._component, self.runner, result)
+
+    def wake(self) -> None:
+        if self.runner is not None:
+            self.runner.wake.set()
+
 
 class Monitor:
     def __init__(
@@ -120,57 +198,106 @@ class Monitor:
         emit: Callable[[Event], None],
         clock: Clock,
         http: httpx.AsyncClient,
+        telemetry: TelemetryBook | None = None,
     ) -> None:
         self._emit = emit
         self._clock = clock
         self.components: dict[str, ComponentHealth] = {}
         for name, comp in config.components.items():
             specs = list(comp.probes)
-            if comp.command is not None and not any(s.type == "process" for s in specs):
+            if comp.command is not None and not any(_supervised_process(s) for s in specs):
                 specs.insert(0, ProbeConfig(type="process", interval=1.0, failure_threshold=1))
             runners = []
             for i, spec in enumerate(specs):
                 params = registry.validate(spec.type, spec.params)
-                probe = registry.create(spec.type, params, _Ctx(name, supervisor, http))
-                runners.append(ProbeRunner(spec.name or f"{spec.type}#{i}", spec, probe))
+                ctx = _Ctx(name, supervisor, http, clock, telemetry, self)
+                probe = registry.create(spec.type, params, ctx)
+                ctx.runner = ProbeRunner(spec.name or f"{spec.type}#{i}", spec, probe)
+                runners.append(ctx.runner)
             self.components[name] = ComponentHealth(name, runners)
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for comp in self.components.values():
+                    for runner in comp.runners:
+                        tg.create_task(self._loop(comp, runner), name=f"probe:{comp.name}:{runner.name}")
+        finally:
             for comp in self.components.values():
                 for runner in comp.runners:
-                    tg.create_task(self._loop(comp, runner), name=f"probe:{comp.name}:{runner.name}")
+                    close = getattr(runner.probe, "close", None)
+                    if callable(close):
+                        with contextlib.suppress(Exception):
+                            close()
 
     async def _loop(self, comp: ComponentHealth, runner: ProbeRunner) -> None:
         spec = runner.spec
         # Spread first checks so a fleet's probes do not fire in lock-step.
         await self._clock.sleep(random.uniform(0, min(spec.interval, 0.1)))  # noqa: S311
+        phased = False
         while True:
             runner.wake.clear()
             result = await self._check(runner)
             runner.record(result)
             self._update(comp)
-            delay = spec.interval if runner.status != "unknown" else min(spec.interval, STARTUP_INTERVAL)
+            if runner.status == "unknown":
+                delay = min(spec.interval, STARTUP_INTERVAL)
+            elif not phased:
+                # Probes that started together would stay in lock-step and hit the loop as one
+                # burst every interval (delaying a last will behind a thousand checks): the first
+                # steady-state wait gives each probe its own phase, never a longer wait.
+                delay = random.uniform(0, spec.interval)  # noqa: S311
+                phased = True
+            else:
+                delay = spec.interval
             if spec.jitter:
                 delay += random.uniform(0, spec.jitter)  # noqa: S311
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await runner.wake.wait()
+            await runner.wake.sleep(delay)
 
     async def _check(self, runner: ProbeRunner) -> ProbeResult:
         try:
             async with asyncio.timeout(runner.spec.timeout):
-                return await runner.probe.check()
+                result = await runner.probe.check()
+            runner.errored = False
+            return result
         except TimeoutError:
-            return ProbeResult(False, f"timed out after {runner.spec.timeout:g}s")
+            runner.errored = False
+            return ProbeResult(
+                False, f"timed out after {runner.spec.timeout:g}s", {"timeout_s": runner.spec.timeout}
+            )
         except Exception as exc:
             # A broken probe plugin says nothing about the target: unknown, never healthy.
-            log.warning("probe %s raised %s: %s", runner.name, type(exc).__name__, exc)
+            if not runner.errored:
+                log.warning("probe %s raised %s: %s", runner.name, type(exc).__name__, exc)
             runner.status, runner.passes, runner.failures = "unknown", 0, 0
-            return ProbeResult(None, f"probe error: {type(exc).__name__}: {exc}"[:200])
+            runner.errored = True
+            return ProbeResult(
+                None, f"probe error: {type(exc).__name__}: {exc}"[:200], {"error": type(exc).__name__}
+            )
+
+    def push(self, component: str, runner: ProbeRunner, result: ProbeResult) -> None:
+        """A result that arrived outside the schedule; a failure is recorded at once."""
+        comp = self.components.get(component)
+        if comp is None:
+            return
+        if result.ok is False:
+            runner.force_failing(result)
+        else:
+            runner.record(result)
+            runner.wake.set()
+        self._update(comp)
 
     def _update(self, comp: ComponentHealth) -> None:
         health = comp.aggregate()
+        if health == "unknown" and comp.reported != "unknown" and any(r.errored for r in comp.runners):
+            comp.reported = "unknown"
+            errored = sorted(r.name for r in comp.runners if r.errored)
+            probes = {r.name: r.evidence() for r in comp.runners}
+            evidence = {"probes": probes, "errored": errored}
+            self._emit(
+                Event(T.COMPONENT_BECAME_UNKNOWN, self._clock.wall(), component=comp.name, data=evidence)
+            )
+            return
         if health in (comp.reported, "unknown"):
             return
         comp.reported = health
@@ -196,6 +323,11 @@ class Monitor:
         if comp is None or data.get("expected"):
             return
         for runner in comp.runners:
-            if runner.spec.type == "process":
+            if runner.spec.type == "process" and getattr(runner.probe, "supervised", True):
                 runner.force_failing(ProbeResult(False, "process exited", data))
         self._update(comp)
+
+
+def _supervised_process(spec: ProbeConfig) -> bool:
+    params = spec.params
+    return spec.type == "process" and params.get("pidfile") is None and params.get("cmdline") is None

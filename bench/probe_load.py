@@ -1,0 +1,409 @@
+"""Probe-load benchmark: 1,000 probes at 1 s against local endpoints, plus last-will latency.
+
+Run: python bench/probe_load.py [--duration 60] [--probes 1000] [--wills-per-s 2] [--out FILE]
+
+One real daemon (``healer run``) watches 1,000 components, one probe each, every second:
+40% http (an asyncio HTTP server, keep-alive), 30% tcp (10 listening sockets), 20%
+heartbeat_file (files touched twice a second), 10% mqtt_heartbeat (a real Mosquitto; 80%
+of those agents heart-beat every second, 20% are "will" agents). The endpoints run in a
+separate process, so the CPU measured is healer's alone.
+
+During the measured window the benchmark repeatedly drops a will agent's connection without
+a DISCONNECT (what the kernel does for a SIGKILLed process: the socket just closes), so the
+broker publishes its last will; a separate subscriber stamps the will's arrival, and the
+latency is measured to (a) the ``component.failed`` event's timestamp (healer observed it)
+and (b) the moment the row is visible in the SQLite log (durable; polled every 2 ms).
+
+Reported: healer's CPU (% of one core) over the window, its peak RSS (VmHWM, whole life)
+and the highest RSS sampled during the window, will-latency p50/p99/max, and unexpected
+failures (any component.failed not caused by a will: a probe that could not keep up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from healer.agent import protocol
+
+PY = sys.executable
+TCP_PORTS = 10
+
+
+# -- endpoints (run in a child process: python bench/probe_load.py --serve SPEC) -----------------------
+async def serve(spec: dict[str, Any]) -> None:
+    import paho.mqtt.client as mqtt
+
+    async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    async def tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    await asyncio.start_server(http, "127.0.0.1", spec["http_port"], backlog=1024)
+    for port in spec["tcp_ports"]:
+        await asyncio.start_server(tcp, "127.0.0.1", port, backlog=1024)
+    files = [Path(f) for f in spec["files"]]
+    beat = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-heartbeats")
+    beat.connect("127.0.0.1", spec["broker_port"])
+    beat.loop_start()
+    topics = [protocol.agent_topic("healer", a, "heartbeat") for a in spec["agents"]]
+    print("ready", flush=True)
+    seq = 0
+    while True:
+        seq += 1
+        now = time.time()
+        for f in files:
+            os.utime(f, (now, now))
+        for t in topics if seq % 2 else ():  # heartbeats once a second, files twice
+            beat.publish(t, protocol.heartbeat_payload(seq, now))
+        await asyncio.sleep(0.5)
+
+
+# -- will agents: raw MQTT connections whose socket can be dropped without a DISCONNECT --------------
+def _s(b: bytes) -> bytes:
+    return len(b).to_bytes(2, "big") + b
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+class WillAgent:
+    def __init__(self, name: str, port: int) -> None:
+        self.name, self.port = name, port
+        self.sock: socket.socket | None = None
+        self.topic = protocol.agent_topic("healer", name, "status").encode()
+
+    def connect(self) -> None:
+        will = protocol.status_payload("offline", "last_will")
+        flags = 0x02 | 0x04 | (1 << 3) | 0x20  # clean session, will, will QoS 1, will retained
+        body = b"\x00\x04MQTT\x04" + bytes([flags]) + (0).to_bytes(2, "big")  # keepalive off
+        body += _s(f"bench-{self.name}".encode()) + _s(self.topic) + _s(will)
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        sock.sendall(b"\x10" + _varint(len(body)) + body)
+        ack = sock.recv(4)
+        if ack[:1] != b"\x20" or ack[3:4] != b"\x00":
+            raise RuntimeError(f"CONNACK refused: {ack!r}")
+        online = _s(self.topic) + protocol.status_payload("online")
+        sock.sendall(b"\x31" + _varint(len(online)) + online)  # PUBLISH, QoS 0, retained
+        self.sock = sock
+
+    def drop(self) -> None:
+        """Close without DISCONNECT, as the kernel does for a killed process."""
+        assert self.sock is not None
+        self.sock.close()
+        self.sock = None
+
+
+# -- measurement -------------------------------------------------------------------------------------
+def query(db: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    except sqlite3.OperationalError:
+        return []  # not created yet
+    try:
+        return conn.execute(sql, args).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
+
+
+def percentile(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    k = min(len(xs) - 1, max(0, round(q / 100 * (len(xs) - 1))))
+    return xs[k]
+
+
+def cpu_seconds(pid: int) -> float:
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
+def run_queue_wait(pid: int) -> float:
+    """Seconds the process spent runnable but waiting for a CPU (/proc/PID/schedstat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
+def status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--probes", type=int, default=1000)
+    ap.add_argument("--interval", type=float, default=1.0)
+    ap.add_argument("--duration", type=float, default=60.0, help="measured window, seconds")
+    ap.add_argument("--wills-per-s", type=float, default=2.0, help="last wills triggered per second")
+    ap.add_argument("--out", type=Path, default=None, help="also write the markdown report here")
+    ap.add_argument("--samples", type=Path, default=None, help="write each last-will sample (JSON lines)")
+    ap.add_argument("--mix", default="http=0.4,tcp=0.3,file=0.2,mqtt=0.1", help="share of each probe kind")
+    ap.add_argument("--profile", type=Path, default=None, help="run the daemon under cProfile, stats here")
+    ap.add_argument("--serve", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        asyncio.run(serve(json.loads(args.serve)))
+        return 0
+
+    from tests.broker import Broker
+    from tests.helpers import free_port
+
+    tmp = Path(tempfile.mkdtemp(prefix="healer-probe-load-"))
+    print(f"working in {tmp}", file=sys.stderr)
+    (tmp / "broker").mkdir()
+    broker = Broker(tmp / "broker", extra_conf="max_queued_messages 0\n")
+    broker.start()
+    n = args.probes
+    mix = {k: float(v) for k, v in (part.split("=") for part in args.mix.split(","))}
+    unknown = set(mix) - {"http", "tcp", "file", "mqtt"}
+    if unknown:
+        raise SystemExit(f"--mix: unknown probe kinds {sorted(unknown)}")
+    total = sum(mix.values())
+    n_http, n_tcp, n_file = (round(n * mix.get(k, 0) / total) for k in ("http", "tcp", "file"))
+    n_mqtt = n - n_http - n_tcp - n_file
+    n_will = max(1, n_mqtt // 5) if n_mqtt else 0
+    n_beat = n_mqtt - n_will
+    http_port = free_port()
+    tcp_ports = [free_port() for _ in range(TCP_PORTS)]
+    files = [tmp / "beats" / f"b{i}" for i in range(n_file)]
+    (tmp / "beats").mkdir()
+    for f in files:
+        f.write_text("x")
+    beat_agents = [f"hb-{i}" for i in range(n_beat)]
+    will_agents = [f"will-{i}" for i in range(n_will)]
+    iv = f"{args.interval}s"
+    common = "".join(
+        f"        {k}: {v}\n"
+        for k, v in {"interval": iv, "timeout": "0.5s", "jitter": "0.05s", "failure_threshold": 2}.items()
+    )
+    comps: list[str] = []
+    for i in range(n_http):
+        url = f"http://127.0.0.1:{http_port}/h/{i}"
+        comps.append(f"  http-{i}:\n    probes:\n      - type: http\n        url: {url}\n{common}")
+    for i in range(n_tcp):
+        port = tcp_ports[i % TCP_PORTS]
+        tcp_spec = f"      - type: tcp\n        host: 127.0.0.1\n        port: {port}\n"
+        comps.append(f"  tcp-{i}:\n    probes:\n{tcp_spec}{common}")
+    for i, f in enumerate(files):
+        spec_ = f"      - type: heartbeat_file\n        path: {f}\n        max_age: 5s\n"
+        comps.append(f"  file-{i}:\n    probes:\n{spec_}{common}")
+    for a in beat_agents:
+        comps.append(f"  {a}:\n    probes:\n      - type: mqtt_heartbeat\n        max_age: 5s\n{common}")
+    for a in will_agents:
+        comps.append(f"  {a}:\n    probes:\n      - type: mqtt_heartbeat\n        max_age: 1h\n{common}")
+    (tmp / "policies").mkdir()
+    (tmp / "policies" / "none.yaml").write_text("version: 1\npolicies: []\n")
+    cfg = tmp / "healer.yaml"
+    cfg.write_text(
+        f"state_dir: {tmp / 'state'}\npolicies_dir: {tmp / 'policies'}\nlog_level: warning\n"
+        f"mqtt:\n  host: 127.0.0.1\n  port: {broker.port}\n  client_id: healer-bench\n  keepalive: 5\n"
+        "components:\n" + "".join(comps)
+    )
+    db = tmp / "state" / "events.db"
+    spec = {
+        "http_port": http_port,
+        "tcp_ports": tcp_ports,
+        "files": [str(f) for f in files],
+        "agents": beat_agents,
+        "broker_port": broker.port,
+    }
+    targets = subprocess.Popen([PY, __file__, "--serve", json.dumps(spec)], stdout=subprocess.PIPE)
+    assert targets.stdout is not None and targets.stdout.readline().strip() == b"ready"
+    wills = [WillAgent(a, broker.port) for a in will_agents]
+    for w in wills:
+        w.connect()
+
+    import paho.mqtt.client as mqtt
+
+    arrivals: dict[str, list[float]] = {}
+    lock = threading.Lock()
+
+    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+        if b'"last_will"' in msg.payload and not msg.retain:
+            with lock:
+                arrivals.setdefault(msg.topic.split("/")[2], []).append(time.time())
+
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-will-watch")
+    sub.on_message = on_message
+    sub.connect("127.0.0.1", broker.port)
+    sub.subscribe("healer/agents/+/status", qos=1)
+    sub.loop_start()
+
+    log = (tmp / "daemon.log").open("wb")
+    argv = [PY, "-m", "healer", "run", "-c", str(cfg)]
+    if args.profile:
+        code = (
+            "import cProfile, sys\nfrom healer.cli import main\np = cProfile.Profile()\np.enable()\n"
+            f"try:\n    main(['run', '-c', {str(cfg)!r}])\n"
+            f"finally:\n    p.disable()\n    p.dump_stats({str(args.profile)!r})\n"
+        )
+        argv = [PY, "-c", code]
+    daemon = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    started = time.monotonic()
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # warm-up: every component healthy once
+            healthy = query(
+                db, "SELECT COUNT(DISTINCT component) FROM events WHERE type='component.recovered'"
+            )
+            if healthy and healthy[0][0] >= n:
+                break
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                raise SystemExit(f"warm-up failed: {healthy} healthy of {n}; see {tmp / 'daemon.log'}")
+            time.sleep(0.5)
+        warmup = time.monotonic() - started
+        time.sleep(2 * args.interval)  # let start-up work settle before measuring
+        start_pos = query(db, "SELECT MAX(position) FROM events")[0][0]
+        cpu0, wall0, wait0 = cpu_seconds(daemon.pid), time.monotonic(), run_queue_wait(daemon.pid)
+        rss_max = 0
+        observed: list[float] = []
+        durable: list[float] = []
+        samples: list[dict[str, Any]] = []
+        next_will = wall0
+        turn = 0
+        pending_reconnect: list[tuple[float, WillAgent]] = []
+        while time.monotonic() - wall0 < args.duration:
+            now = time.monotonic()
+            rss_max = max(rss_max, status_kb(daemon.pid, "VmRSS"))
+            for due, w in list(pending_reconnect):
+                if now >= due:
+                    w.connect()
+                    pending_reconnect.remove((due, w))
+            if wills and now >= next_will:
+                next_will += 1 / args.wills_per_s
+                w = wills[turn % len(wills)]
+                turn += 1
+                if w.sock is None:
+                    continue
+                before = query(db, "SELECT MAX(position) FROM events")[0][0]
+                with lock:
+                    seen = len(arrivals.get(w.name, []))
+                w.drop()
+                row: list[tuple[Any, ...]] = []
+                limit = time.monotonic() + 2
+                while not row and time.monotonic() < limit:
+                    row = query(
+                        db,
+                        "SELECT ts FROM events WHERE position > ? AND type='component.failed' "
+                        "AND component=?",
+                        (before, w.name),
+                    )
+                    if not row:
+                        time.sleep(0.002)
+                visible = time.time()
+                limit = time.monotonic() + 2
+                while time.monotonic() < limit:
+                    with lock:
+                        got = arrivals.get(w.name, [])[seen:]
+                    if got:
+                        break
+                    time.sleep(0.002)
+                if row and got:
+                    observed.append((row[0][0] - got[0]) * 1000)
+                    durable.append((visible - got[0]) * 1000)
+                    samples.append({"at": got[0], "agent": w.name, "observed_ms": observed[-1]})
+                pending_reconnect.append((time.monotonic() + 0.5, w))
+            time.sleep(0.01)
+        wall1 = time.monotonic()
+        cpu1, wait1 = cpu_seconds(daemon.pid), run_queue_wait(daemon.pid)
+        hwm = status_kb(daemon.pid, "VmHWM")
+        failed = query(
+            db,
+            "SELECT component, COUNT(*) FROM events WHERE position > ? AND "
+            "type='component.failed' GROUP BY component",
+            (start_pos,),
+        )
+        unexpected = {c: k for c, k in failed if not c.startswith("will-")}
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        stop_at = time.monotonic()
+        try:
+            rc: int | str = daemon.wait(60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            rc = "killed after 60 s"
+        stop_s = time.monotonic() - stop_at
+        targets.kill()
+        sub.loop_stop()
+        broker.kill()
+    cpu_pct = 100 * (cpu1 - cpu0) / (wall1 - wall0)
+    queued = 100 * (wait1 - wait0) / (wall1 - wall0)
+    load = os.getloadavg()
+
+    def dist(xs: list[float]) -> str:
+        top = max(xs, default=float("nan"))
+        return f"{percentile(xs, 50):.1f} / {percentile(xs, 99):.1f} / {top:.1f} ms"
+
+    lines = [
+        f"probe load: {n} probes every {args.interval:g}s ({n_http} http, {n_tcp} tcp, "
+        f"{n_file} heartbeat_file, {n_mqtt} mqtt_heartbeat), measured for {wall1 - wall0:.0f}s "
+        f"after a {warmup:.1f}s warm-up",
+        "",
+        "| metric | result | goal |",
+        "| --- | --- | --- |",
+        f"| healer CPU, % of one core | {cpu_pct:.1f} % | <= 5 % |",
+        f"| healer peak RSS (VmHWM, whole run) | {hwm / 1024:.1f} MB | <= 120 MB |",
+        f"| healer max RSS sampled in the window | {rss_max / 1024:.1f} MB | |",
+        f"| last will -> observation (event ts), p50 / p99 / max | {dist(observed)} | p99 <= 20 ms |",
+        f"| last will -> durable row seen (2 ms polling), p50 / p99 / max | {dist(durable)} | |",
+        f"| last-will samples | {len(observed)} | |",
+        f"| unexpected component failures (probes that fell behind) | {sum(unexpected.values())} | 0 |",
+        f"| daemon exit on SIGTERM | {rc} after {stop_s:.1f} s | 0 |",
+        f"| healer runnable but waiting for a CPU (run-queue delay) | {queued:.1f} % of the window | |",
+        "",
+        f"machine: {os.cpu_count()} cores, load average at the end "
+        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min)",
+    ]
+    if unexpected:
+        lines.append(f"unexpected failures: {dict(sorted(unexpected.items())[:20])}")
+    report = "\n".join(lines)
+    print(report)
+    if args.out is not None:
+        args.out.write_text(report + "\n")
+    if args.samples is not None:
+        args.samples.write_text("".join(json.dumps(x) + "\n" for x in samples))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

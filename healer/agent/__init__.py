@@ -1,0 +1,9 @@
+"""The library agents import to be watched by healer.
+
+Light on purpose: the standard library and aiomqtt (pybreaker only if you use
+:meth:`AgentLink.circuit_breaker`). See ``docs/telemetry.md`` for the wire protocol.
+"""
+
+from healer.agent.link import AgentLink, BreakerTelemetry
+
+__all__ = ["AgentLink", "BreakerTelemetry"]
