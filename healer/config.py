@@ -101,6 +101,12 @@ class StoreConfig(_Strict):
     batch_max: int = Field(default=512, ge=1, le=10_000)
 
 
+class AnalysisConfig(_Strict):
+    # After a root cause recovers, its symptoms get this long to recover on their own before
+    # any that still fail are diagnosed (and remediated) on their own.
+    settle_time: Duration = 5.0
+
+
 class HealerConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HEALER_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -113,6 +119,7 @@ class HealerConfig(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_timeout: Duration = 10.0  # how long SIGTERM waits for an in-flight action
     stop_components_on_exit: bool = True
+    analysis: AnalysisConfig = AnalysisConfig()
 
     @classmethod
     def settings_customise_sources(

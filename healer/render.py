@@ -16,6 +16,7 @@ LEVELS: dict[str, str] = {
     T.COMPONENT_FAILED: "warning",
     T.INCIDENT_DETECTED: "warning",
     T.POLICIES_REJECTED: "error",
+    T.SYMPTOM_SUPPRESSED: "warning",
 }
 
 STYLES = {"error": "bold red", "warning": "yellow", "info": "green", "debug": "dim"}
@@ -89,6 +90,12 @@ def describe(rec: RecordedEvent) -> str:
         )
     if t == T.DAEMON_STOPPED:
         return f"healer stopped, pid {d.get('pid')}"
+    if t == T.SYMPTOM_SUPPRESSED:
+        return f"{inc}{who}: {d.get('reason') or 'symptom suppressed'} ({d.get('failure_class')})"
+    if t == T.SYMPTOM_SETTLING:
+        return f"{inc}{who}: {d.get('reason') or 'root recovered; settling'}"
+    if t == T.SYMPTOM_RELEASED:
+        return f"{inc}{who}: {d.get('reason') or 'no longer a symptom'}"
     return f"{inc}{who}: {t}"
 
 

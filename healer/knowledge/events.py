@@ -19,12 +19,17 @@ class EventType(StrEnum):
     PROCESS_EXITED = "process.exited"
     COMPONENT_FAILED = "component.failed"
     COMPONENT_RECOVERED = "component.recovered"
+    BREAKER_TRANSITIONED = "breaker.transitioned"
+    AGENT_REPORTED = "agent.reported"
     # Analyze
     INCIDENT_DETECTED = "incident.detected"
     INCIDENT_DIAGNOSED = "incident.diagnosed"
     VERIFICATION_FAILED = "incident.verification_failed"
     INCIDENT_VERIFIED = "incident.verified"
     INCIDENT_RESOLVED = "incident.resolved"
+    SYMPTOM_SUPPRESSED = "symptom.suppressed"
+    SYMPTOM_SETTLING = "symptom.settling"
+    SYMPTOM_RELEASED = "symptom.released"
     # Plan
     INCIDENT_PLANNED = "incident.planned"
     INCIDENT_ESCALATED = "incident.escalated"
@@ -42,6 +47,8 @@ OBSERVATIONS = frozenset(
         EventType.PROCESS_EXITED,
         EventType.COMPONENT_FAILED,
         EventType.COMPONENT_RECOVERED,
+        EventType.BREAKER_TRANSITIONED,
+        EventType.AGENT_REPORTED,
     }
 )
 
