@@ -7,6 +7,7 @@ what Analyze decides, and a symptom must never reach the planner as an ``inciden
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,14 +23,10 @@ from healer.knowledge.events import Event, RecordedEvent
 from healer.knowledge.events import EventType as T
 from healer.knowledge.projections import FleetState
 
-_TAXONOMY: Taxonomy | None = None
 
-
+@functools.cache
 def taxonomy() -> Taxonomy:
-    global _TAXONOMY
-    if _TAXONOMY is None:
-        _TAXONOMY = load_taxonomy()
-    return _TAXONOMY
+    return load_taxonomy()
 
 
 class Fleet:
@@ -122,13 +119,19 @@ class Fleet:
         out = {}
         for comp, sv in self.state.symptoms.items():
             out[comp] = {
-                self.state.incidents[i].component for i in sv.incidents if self.state.incidents[i].status == "open"
+                self.state.incidents[i].component
+                for i in sv.incidents
+                if self.state.incidents[i].status == "open"
             }
         return out
 
 
 def http(status: str, detail: str = "") -> dict[str, Any]:
-    return {"status": status, "type": "http", "detail": detail or ("HTTP 200" if status == "passing" else "refused")}
+    return {
+        "status": status,
+        "type": "http",
+        "detail": detail or ("HTTP 200" if status == "passing" else "refused"),
+    }
 
 
 def process(status: str, os_status: str, pid: int = 100) -> dict[str, Any]:

@@ -50,7 +50,10 @@ def test_shared_dependency_is_one_incident_and_three_suppressed_symptoms() -> No
         assert r.data["roots"] == ["vector-db"]
         assert r.data["failure_class"] == "dependency_outage"
         assert r.data["evidence"]["failing_dependencies"] == ["vector-db"]
-        assert r.data["reason"] == f"remediation of {r.component} suppressed: symptom of vector-db, incident {iid}"
+        assert (
+            r.data["reason"]
+            == f"remediation of {r.component} suppressed: symptom of vector-db, incident {iid}"
+        )
     inc = f.state.incidents[iid]
     assert inc.symptoms == list(AGENTS)
     assert set(f.state.symptoms) == set(AGENTS)
@@ -228,7 +231,10 @@ def test_peer_failing_because_of_the_component_does_not_count_against_partition(
     f = Fleet(comps, supervised=list(comps), hosts=dict.fromkeys(comps, "localhost"))
     for i, c in enumerate(comps):
         f.observe(f.started(c, 10 + i), f.healthy(c, **{"process#1": process("passing", "sleeping", 10 + i)}))
-    f.observe(f.failed("user"), f.failed("svc", **{"http#0": http("failing"), "process#1": process("passing", "running")}))
+    f.observe(
+        f.failed("user"),
+        f.failed("svc", **{"http#0": http("failing"), "process#1": process("passing", "running")}),
+    )
     diag = f.diagnosis("svc")
     assert diag.data["failure_class"] == "network_partition"
     assert diag.data["evidence"]["peers_failing"] == 0

@@ -170,7 +170,7 @@ def analyze_deadlines(state: FleetState, now: float, ctx: AnalysisContext | None
         run.emit(
             T.SYMPTOM_RELEASED,
             comp,
-            sv.incidents[-1],
+            sv.incidents[-1] if sv.incidents else None,
             {"outcome": "still_failing" if still else "recovered", "roots": sv.roots, "reason": reason},
         )
         run.released.add(comp)
@@ -197,11 +197,12 @@ class _Analysis:
         self.released: set[str] = set()
         self.opened: dict[str, int] = {}  # component -> incident opened by this batch
         self.next_id = state.next_incident
-        # component -> (observation type, cause position) of its latest trigger, in arrival order
+        # component -> (observation type, cause position) of its first trigger in this batch
         self.triggers: dict[str, tuple[str, int | None]] = {}
         self.reports: dict[str, list[RecordedEvent]] = {}
-        # component -> (dependency, its incident, when it closed): a lagging symptom of a recovery
-        self.late: dict[str, tuple[str, IncidentView, float]] = {}
+        # component -> why it waits instead of being a root: a dependency that just recovered or
+        # is still starting (see _pending_dependency)
+        self.late: dict[str, _Pending] = {}
         self._graph: DependencyGraph | None = None
         self._hosts: dict[str, tuple[int, list[str]]] | None = None
 
@@ -233,8 +234,9 @@ class _Analysis:
         self.out.append(Event(etype, self.now, comp, incident, data))
 
     def trigger(self, comp: str, observation: str, cause: int | None) -> None:
-        self.triggers.pop(comp, None)  # keep arrival order of the latest trigger
-        self.triggers[comp] = (observation, cause)
+        # The first observation in the batch is the cause (a process exit, not the failed
+        # health check it also caused).
+        self.triggers.setdefault(comp, (observation, cause))
 
     # -- lifecycle, per observation in order ----------------------------------------------------
     def observe(self, rec: RecordedEvent) -> None:
@@ -285,7 +287,7 @@ class _Analysis:
             self.emit(
                 T.SYMPTOM_RELEASED,
                 comp,
-                sv.incidents[-1],
+                sv.incidents[-1] if sv.incidents else None,
                 {
                     "outcome": "recovered",
                     "roots": sv.roots,
@@ -393,8 +395,9 @@ class _Analysis:
         roots = sorted(c for c in new if c in reported or c in result.roots)
         symptoms = sorted(c for c in new if c not in reported and c in result.symptoms)
         for comp in roots:
-            if comp not in reported:
-                found = self._recently_recovered_dependency(comp, graph, failed)
+            # A component re-evaluated after settling waits no more: it is diagnosed now.
+            if comp not in reported and self.triggers.get(comp, (None, None))[0] != SETTLE:
+                found = self._pending_dependency(comp, graph, failed)
                 if found is not None:
                     self.late[comp] = found
         roots = [c for c in roots if c not in self.late]
@@ -450,8 +453,8 @@ class _Analysis:
             added = [i for i in ids if i not in sv.incidents and self.is_open(i)]
             if added:
                 self._suppress(x, result, failed, graph, only=added)
-        for comp, (dep, inc, closed_at) in sorted(self.late.items()):
-            self._suppress_late(comp, dep, inc, closed_at, graph, failed)
+        for comp, pending in sorted(self.late.items()):
+            self._suppress_late(comp, pending, failed)
 
     def _merge_candidates(self) -> list[str]:
         """Open incidents that the traversal may turn into symptoms (not agent reports)."""
@@ -483,32 +486,37 @@ class _Analysis:
                 if sv.settle_until is not None:
                     settle.append(sv.settle_until)
             elif root in self.late:
-                _dep, late_inc, closed_at = self.late[root]
-                if late_inc.id not in ids:
-                    ids.append(late_inc.id)
-                settle.append(closed_at + self.ctx.settings.settle_time)
+                pending = self.late[root]
+                if pending.incident is not None and pending.incident not in ids:
+                    ids.append(pending.incident)
+                settle.append(pending.settle_until)
         if any(self.is_open(i) for i in ids):
             return ids, None
         return ids, max(settle) if settle else self.now + self.ctx.settings.settle_time
 
-    def _recently_recovered_dependency(
-        self, comp: str, graph: DependencyGraph, failed: set[str]
-    ) -> tuple[str, IncidentView, float] | None:
-        """A dependency whose incident closed less than the settle time ago: a failure seen now is
-        most likely its lagging symptom, not a root of its own."""
+    def _pending_dependency(self, comp: str, graph: DependencyGraph, failed: set[str]) -> _Pending | None:
+        """A direct dependency that is not yet known to be healthy, so ``comp`` failing now is most
+        likely its symptom, not a root: one whose incident closed less than the settle time ago
+        (its dependents lag behind its recovery), or a supervised one whose process (re)started
+        and has not passed its probes yet (its dependents fail while it starts). ``comp`` then
+        waits one settle time; if it still fails, it is diagnosed on its own."""
         if comp not in graph:
             return None
         settle = self.ctx.settings.settle_time
         for dep in sorted(graph.dependencies(comp)):
             view = self.s.components.get(dep)
-            if dep in failed or view is None or view.last_incident is None:
+            if dep in failed or view is None:
                 continue
-            inc = self.s.incidents.get(view.last_incident)
-            if inc is None:
-                continue
-            closed_at = self.closed.get(inc.id, inc.resolved_at if inc.status == "resolved" else None)
-            if closed_at is not None and self.now - closed_at < settle:
-                return dep, inc, closed_at
+            inc = self.s.incidents.get(view.last_incident) if view.last_incident is not None else None
+            if inc is not None:
+                closed_at = self.closed.get(inc.id, inc.resolved_at if inc.status == "resolved" else None)
+                if closed_at is not None and self.now - closed_at < settle:
+                    why = f"{dep} recovered {self.now - closed_at:.1f}s ago (incident {inc.id})"
+                    return _Pending(dep, inc.id, closed_at + settle, why)
+            if dep in self.ctx.supervised and view.process_running and view.health == "unknown":
+                since = view.health_since if view.health_since is not None else self.now
+                why = f"{dep} is starting (up {self.now - since:.1f}s, not yet healthy)"
+                return _Pending(dep, None, self.now + settle, why)
         return None
 
     # -- events ---------------------------------------------------------------------------------
@@ -598,35 +606,28 @@ class _Analysis:
             data["settle_until"] = settle_until
         self.emit(T.SYMPTOM_SUPPRESSED, comp, ids[0] if ids else None, data)
 
-    def _suppress_late(
-        self,
-        comp: str,
-        dep: str,
-        inc: IncidentView,
-        closed_at: float,
-        graph: DependencyGraph,
-        failed: set[str],
-    ) -> None:
-        settle_until = closed_at + self.ctx.settings.settle_time
+    def _suppress_late(self, comp: str, pending: _Pending, failed: set[str]) -> None:
         observation, cause = self.triggers.get(comp, (None, None))
-        lazy = self._facts(comp, observation, [], None, failed)
+        # Its dependency is not available (yet): that is the failing dependency it shows.
+        lazy = self._facts(comp, observation, [pending.dependency], None, failed)
         match = self.tax.classify(lazy)
         evidence = {k: v for k, v in lazy.computed().items() if v is not None}
-        evidence["recently_recovered_dependency"] = dep
+        evidence["pending_dependency"] = pending.dependency
+        ids = [pending.incident] if pending.incident is not None else []
         self.emit(
             T.SYMPTOM_SUPPRESSED,
             comp,
-            inc.id,
+            pending.incident,
             {
-                "roots": [dep],
-                "incidents": [inc.id],
+                "roots": [pending.dependency],
+                "incidents": ids,
                 "failure_class": match.name if match is not None else "unclassified",
                 "evidence": evidence,
                 "cause": cause,
-                "settle_until": settle_until,
+                "settle_until": pending.settle_until,
                 "late": True,
-                "reason": f"remediation of {comp} suppressed: {dep} recovered "
-                f"{self.now - closed_at:.1f}s ago (incident {inc.id}); re-evaluated when it has settled",
+                "reason": f"remediation of {comp} suppressed: {pending.why}; "
+                f"re-evaluated in {pending.settle_until - self.now:.1f}s",
             },
         )
 
@@ -729,6 +730,14 @@ class _Analysis:
                 healthy += 1
             counts[host] = (healthy, bad)
         return counts
+
+
+@dataclass(frozen=True)
+class _Pending:
+    dependency: str
+    incident: int | None  # the dependency's incident that just closed, if that is the reason
+    settle_until: float
+    why: str
 
 
 class _LazyFacts(Mapping[str, Any]):
