@@ -41,7 +41,7 @@ DEFAULT_HOST = "localhost"
 @dataclass(frozen=True)
 class AnalysisSettings:
     settle_time: float = 5.0  # after the last root incident of a symptom closes
-    blast_radius_limit: int = 50  # components recorded per diagnosis (the count is exact up to it)
+    blast_radius_limit: int = 20  # nearest downstream components recorded per diagnosis
 
 
 class GraphCache:
@@ -544,7 +544,7 @@ class _Analysis:
             # A root found only because symptoms point at it (a breaker-suspected dependency).
             observation = "dependency_of_failing"
             facts["observation"] = observation
-        evidence = {k: v for k, v in facts.items() if v is not None}
+        evidence = _evidence(facts)
         failure_class = match.name if match is not None else "unclassified"
         if match is not None:
             evidence["signature"] = match.signature.id
@@ -555,7 +555,8 @@ class _Analysis:
             T.INCIDENT_DETECTED,
             comp,
             iid,
-            {"cause": cause, "observation": observation, "evidence": evidence},
+            # The full evidence is in the diagnosis, right after: here only what was seen.
+            {"cause": cause, "observation": observation, "evidence": _summary(evidence)},
         )
         self.emit(
             T.INCIDENT_DIAGNOSED,
@@ -590,7 +591,7 @@ class _Analysis:
         observation, cause = self.triggers.get(comp, (None, None))
         lazy = self._facts(comp, observation, deps, result, failed)
         match = self.tax.classify(lazy)
-        evidence = {k: v for k, v in lazy.computed().items() if v is not None}
+        evidence = _evidence(lazy.computed())
         if match is not None:
             evidence["signature"] = match.signature.id
         data: dict[str, Any] = {
@@ -611,7 +612,7 @@ class _Analysis:
         # Its dependency is not available (yet): that is the failing dependency it shows.
         lazy = self._facts(comp, observation, [pending.dependency], None, failed)
         match = self.tax.classify(lazy)
-        evidence = {k: v for k, v in lazy.computed().items() if v is not None}
+        evidence = _evidence(lazy.computed())
         evidence["pending_dependency"] = pending.dependency
         ids = [pending.incident] if pending.incident is not None else []
         self.emit(
@@ -655,15 +656,28 @@ class _Analysis:
         c = s.component(comp)
         tax = self.tax
         supervised = comp in self.ctx.supervised
-        probes = c.evidence.get("probes", {}) if isinstance(c.evidence.get("probes"), dict) else {}
-        failing = {
-            n: p for n, p in sorted(probes.items()) if isinstance(p, dict) and p.get("status") == "failing"
-        }
-        types = sorted({str(p.get("type")) for p in failing.values()})
+        probes = c.evidence.get("probes")
+        if not isinstance(probes, dict):
+            probes = {}
+        failing_names: list[str] = []
+        types_seen: set[str] = set()
+        values_seen: list[dict[str, Any]] = []
         process_status = None
-        for p in probes.values():
-            if isinstance(p, dict) and p.get("type") == "process" and isinstance(p.get("values"), dict):
+        for name, p in probes.items():
+            if not isinstance(p, dict):
+                continue
+            kind = p.get("type")
+            if kind == "process" and isinstance(p.get("values"), dict):
                 process_status = p["values"].get("status")
+            if p.get("status") == "failing":
+                failing_names.append(name)
+                types_seen.add(str(kind))
+                if isinstance(p.get("values"), dict):
+                    values_seen.append(p["values"])
+        failing_names.sort()
+        types = sorted(types_seen)
+        network = tax.network_probe_types
+        window_start = self.now - tax.transition_window
         facts: dict[str, Any] = {
             "observation": observation,
             "supervised": supervised,
@@ -671,12 +685,12 @@ class _Analysis:
             "process_alive": c.process_running if supervised else None,
             "process_status": process_status,
             "health": c.health,
-            "failing_probes": list(failing),
+            "failing_probes": failing_names,
             "failing_probe_types": types,
-            "network_probes_failing": any(t in tax.network_probe_types for t in types),
-            "local_probes_failing": any(t in tax.local_probe_types for t in types),
-            "only_network_probes_failing": bool(types) and all(t in tax.network_probe_types for t in types),
-            "transitions": sum(1 for ts in c.transitions if ts > self.now - tax.transition_window),
+            "network_probes_failing": not types_seen.isdisjoint(network),
+            "local_probes_failing": not types_seen.isdisjoint(tax.local_probe_types),
+            "only_network_probes_failing": bool(types_seen) and types_seen <= network,
+            "transitions": sum(1 for ts in c.transitions if ts > window_start),
             "open_breakers": len(s.open_breakers_on.get(comp, ())),
             "failing_dependencies": failing_deps,
             "probes": probes,
@@ -685,11 +699,9 @@ class _Analysis:
             for key in ("exit_code", "signal", "pid"):
                 if key in c.last_exit:
                     facts[key] = c.last_exit[key]
-        for p in failing.values():
-            values = p.get("values")
-            if isinstance(values, dict):
-                for key, value in values.items():
-                    facts.setdefault(f"values.{key}", value)
+        for values in values_seen:
+            for key, value in values.items():
+                facts.setdefault(f"values.{key}", value)
         reporters = s.open_breakers_on.get(comp)
         if reporters:
             facts["breakers"] = {
@@ -732,6 +744,9 @@ class _Analysis:
         return counts
 
 
+_MISSING = object()
+
+
 @dataclass(frozen=True)
 class _Pending:
     dependency: str
@@ -750,12 +765,18 @@ class _LazyFacts(Mapping[str, Any]):
         self._compute = compute
 
     def __getitem__(self, key: str) -> Any:
-        if key in self._facts:
-            return self._facts[key]
-        if key in self._lazy:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        # Signatures read absent facts all the time: answer without raising KeyError.
+        value = self._facts.get(key, _MISSING)
+        if value is _MISSING and key in self._lazy:
             self._facts.update(self._compute())
-            return self._facts[key]
-        raise KeyError(key)
+            value = self._facts.get(key, _MISSING)
+        return default if value is _MISSING else value
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._facts)
@@ -765,6 +786,18 @@ class _LazyFacts(Mapping[str, Any]):
 
     def computed(self) -> dict[str, Any]:
         return dict(self._facts)
+
+
+_SUMMARY = ("observation", "health", "process_alive", "failing_probes", "signal", "exit_code", "report_kind")
+
+
+def _evidence(facts: Mapping[str, Any]) -> dict[str, Any]:
+    """The facts worth recording: absent (null) and empty ones say nothing."""
+    return {k: v for k, v in facts.items() if v is not None and v != []}
+
+
+def _summary(evidence: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: evidence[k] for k in _SUMMARY if k in evidence}
 
 
 def _exit_text(data: Any) -> str:

@@ -178,7 +178,7 @@ class DependencyGraph:
         ones it keeps depends only on the graph's insertion order (config order, then learned
         edges in log order), so replay records the same list.
         """
-        succ = self._g.succ
+        succ = self._g._succ  # the raw adjacency dicts: networkx's views cost a wrapper per access
         if component not in succ:
             return [], True
         seen = {component}
@@ -213,7 +213,7 @@ class DependencyGraph:
         radius. The result does not depend on the iteration order of ``failed``.
         """
         failed_set = set(failed)
-        pred = self._g.pred
+        pred = self._g._pred  # raw adjacency dicts, as in downstream_bounded
         pending: dict[str, int] = {}
         children: dict[str, list[str]] = {}
         roots: list[str] = []
@@ -264,7 +264,7 @@ class DependencyGraph:
 
     def _descendants(self, start: str, as_of: int) -> frozenset[str]:
         """Forward BFS from ``start`` ignoring edges learned after generation ``as_of``."""
-        succ = self._g.succ
+        succ = self._g._succ
         if start not in succ:
             return _EMPTY
         seen = {start}

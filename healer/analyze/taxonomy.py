@@ -201,7 +201,7 @@ def _fact_test(name: str, want: Any, path: tuple[str | int, ...]) -> Predicate:
         options = list(want)
         return lambda f: f.get(name) in options
     if not isinstance(want, Mapping):
-        return lambda f: _eq(f.get(name), want)
+        return _eq_test(name, want)
     if not want:
         raise ConditionError(path, "an operator mapping needs at least one operator")
     tests = [_operator(name, op, arg, (*path, op)) for op, arg in want.items()]
@@ -210,7 +210,7 @@ def _fact_test(name: str, want: Any, path: tuple[str | int, ...]) -> Predicate:
 
 def _operator(name: str, op: str, arg: Any, path: tuple[str | int, ...]) -> Predicate:
     if op == "eq":
-        return lambda f: _eq(f.get(name), arg)
+        return _eq_test(name, arg)
     if op == "ne":
         return lambda f: not _eq(f.get(name), arg)
     if op in ("in", "not_in"):
@@ -244,6 +244,13 @@ def _operator(name: str, op: str, arg: Any, path: tuple[str | int, ...]) -> Pred
     raise ConditionError(path, f"unknown operator {op!r}{hint}")
 
 
+def _eq_test(name: str, want: Any) -> Predicate:
+    # Specialised at compile time: most signatures test a boolean or null fact.
+    if want is None or isinstance(want, bool):
+        return lambda f: f.get(name) is want
+    return lambda f: _eq(f.get(name), want)
+
+
 def _eq(have: Any, want: Any) -> bool:
     # YAML `true` must not equal the number 1 (Python says True == 1).
     if isinstance(have, bool) or isinstance(want, bool):
@@ -275,14 +282,31 @@ def _is_empty(v: Any) -> bool:
     return False
 
 
+# Plain loops, not all()/any() over generators: a storm classifies thousands of failures per batch.
 def _all(tests: list[Predicate]) -> Predicate:
     if len(tests) == 1:
         return tests[0]
-    return lambda f: all(t(f) for t in tests)
+    frozen = tuple(tests)
+
+    def test(f: Facts) -> bool:
+        for t in frozen:  # noqa: SIM110 -- a plain loop is faster than all()/any()
+            if not t(f):
+                return False
+        return True
+
+    return test
 
 
 def _any(tests: list[Predicate]) -> Predicate:
-    return lambda f: any(t(f) for t in tests)
+    frozen = tuple(tests)
+
+    def test(f: Facts) -> bool:
+        for t in frozen:  # noqa: SIM110 -- a plain loop is faster than all()/any()
+            if t(f):
+                return True
+        return False
+
+    return test
 
 
 def _not(test: Predicate) -> Predicate:

@@ -397,43 +397,48 @@ def _symptom_released(s: FleetState, ev: RecordedEvent) -> None:
 
 
 _REPEATS = frozenset({T.PROCESS_EXITED, T.COMPONENT_FAILED, T.AGENT_REPORTED})
+_HEALTH = frozenset({T.COMPONENT_FAILED, T.COMPONENT_RECOVERED})
+_LIFECYCLE = frozenset({T.PROCESS_STARTED, T.PROCESS_ADOPTED, T.PROCESS_EXITED, *_HEALTH})
 
 
 def _analysis_index(s: FleetState, ev: RecordedEvent) -> None:
     """Bookkeeping Analyze reads: transitions, the failing set, incident extension."""
+    t = ev.type
     if ev.component is None:
         return
-    c = s.components.get(ev.component)
-    if ev.type in (T.COMPONENT_FAILED, T.COMPONENT_RECOVERED) and c is not None:
-        if c.last_known_health is not None and c.last_known_health != c.health:
-            c.transitions.append(ev.ts)
-            del c.transitions[:-TRANSITIONS_KEPT]
-        c.last_known_health = c.health
-    if c is not None:
+    if t in _LIFECYCLE:
+        c = s.components[ev.component]  # every lifecycle handler creates the view
+        if t in _HEALTH:
+            if c.last_known_health is not None and c.last_known_health != c.health:
+                c.transitions.append(ev.ts)
+                del c.transitions[:-TRANSITIONS_KEPT]
+            c.last_known_health = c.health
         if component_failing(c):
             s.failing.add(c.name)
         else:
             s.failing.discard(c.name)
-    if ev.type == T.INCIDENT_DETECTED and ev.incident is not None:
-        s._comp(ev).last_incident = ev.incident
-    elif ev.type == T.INCIDENT_DIAGNOSED:
+    if t == T.INCIDENT_DETECTED:
+        if ev.incident is not None:
+            s._comp(ev).last_incident = ev.incident
+        return
+    if t == T.INCIDENT_DIAGNOSED:
         inc = s._inc(ev)
         if inc is not None:
             inc.blast_radius = list(ev.data.get("blast_radius", []))
             inc.blast_radius_complete = bool(ev.data.get("blast_radius_complete", True))
-    elif ev.type in _REPEATS or ev.type == T.BREAKER_TRANSITIONED:
-        # A repeated observation of an open failure extends that incident instead of opening one.
-        target = ev.component
-        if ev.type == T.BREAKER_TRANSITIONED and ev.data.get("state") == "open":
-            target = str(ev.data.get("dependency"))
-        elif ev.type == T.BREAKER_TRANSITIONED or (
-            ev.type == T.PROCESS_EXITED and ev.data.get("expected")
-        ):
+        return
+    # A repeated observation of an open failure extends that incident instead of opening one.
+    target = ev.component
+    if t == T.BREAKER_TRANSITIONED:
+        if ev.data.get("state") != "open":
             return
-        inc = s.active_for(target)
-        if inc is not None and inc.opened_at <= ev.ts:
-            inc.observations += 1
-            inc.last_observed_at = ev.ts
+        target = str(ev.data.get("dependency"))
+    elif t not in _REPEATS or (t == T.PROCESS_EXITED and ev.data.get("expected")):
+        return
+    inc = s.active_for(target)
+    if inc is not None and inc.opened_at <= ev.ts:
+        inc.observations += 1
+        inc.last_observed_at = ev.ts
 
 
 _HANDLERS: dict[str, Callable[[FleetState, RecordedEvent], None]] = {
