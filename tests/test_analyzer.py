@@ -468,3 +468,20 @@ def test_one_batch_gives_the_same_events_in_any_order(
     assert decided(a) == decided(b)
     assert a.state.snapshot()["symptoms"] == b.state.snapshot()["symptoms"]
     assert a.state.snapshot()["active_incident"] == b.state.snapshot()["active_incident"]
+
+
+def test_passing_probes_do_not_close_a_reported_corruption_or_an_open_breaker_outage() -> None:
+    f = fleet()
+    f.observe(f.reported("agent-1", "state_corruption", True))
+    f.observe(f.failed("agent-1"))
+    out = f.observe(f.healthy("agent-1"))
+    assert f.of_type(T.INCIDENT_RESOLVED, out) == [], "a restart-free recovery does not cure corruption"
+    assert f.state.active_for("agent-1") is not None
+
+    f.observe(f.breaker("agent-2", "vector-db", "open"))
+    iid = f.diagnosis("vector-db").incident
+    f.observe(f.failed("vector-db"))
+    out = f.observe(f.healthy("vector-db"))
+    assert f.of_type(T.INCIDENT_RESOLVED, out) == [], "agent-2 still sees vector-db broken"
+    out = f.observe(f.breaker("agent-2", "vector-db", "closed"))
+    assert [r.incident for r in f.of_type(T.INCIDENT_RESOLVED, out)] == [iid]

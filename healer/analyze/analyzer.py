@@ -196,6 +196,7 @@ class _Analysis:
         self.closed: dict[int, float] = {}  # incident -> when this batch closed it
         self.released: set[str] = set()
         self.opened: dict[str, int] = {}  # component -> incident opened by this batch
+        self.opened_ids: set[int] = set()
         self.next_id = state.next_incident
         # component -> (observation type, cause position) of its first trigger in this batch
         self.triggers: dict[str, tuple[str, int | None]] = {}
@@ -217,7 +218,7 @@ class _Analysis:
     def is_open(self, iid: int) -> bool:
         if iid in self.closed:
             return False
-        if iid in self.opened.values():
+        if iid in self.opened_ids:
             return True
         inc = self.s.incidents.get(iid)
         return inc is not None and self.s.active_incident.get(inc.component) == iid
@@ -306,6 +307,8 @@ class _Analysis:
             self.close(inc, "remediated", rec.position)
         elif inc.phase == "acting":
             return  # the action in flight decides; its own verification follows
+        elif inc.evidence.get("observation") == T.AGENT_REPORTED or comp in self.s.open_breakers_on:
+            return  # passing probes do not cure reported corruption, nor close dependents' breakers
         else:
             escalated = inc.status == "escalated"
             self.close(
@@ -411,6 +414,7 @@ class _Analysis:
         roots = sorted({*roots, *needing})
         for comp in roots:
             self.opened[comp] = self.next_id
+            self.opened_ids.add(self.next_id)
             self.next_id += 1
 
         attached = {x: self._targets(result.symptoms[x]) for x in (*symptoms, *merges)}
