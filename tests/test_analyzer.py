@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from healer.analyze.analyzer import AnalysisContext, GraphCache, analyze
 from healer.analyze.graph import DependencyGraph
+from healer.knowledge.events import Event
 from healer.knowledge.events import EventType as T
 from healer.knowledge.projections import FleetState
 from tests.analysis_fleet import Fleet, http, process, taxonomy
@@ -485,3 +486,38 @@ def test_passing_probes_do_not_close_a_reported_corruption_or_an_open_breaker_ou
     assert f.of_type(T.INCIDENT_RESOLVED, out) == [], "agent-2 still sees vector-db broken"
     out = f.observe(f.breaker("agent-2", "vector-db", "closed"))
     assert [r.incident for r in f.of_type(T.INCIDENT_RESOLVED, out)] == [iid]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"dependency": 5, "state": "open"},
+        {"dependency": "", "state": "open"},
+        {"dependency": "db", "state": "exploded"},
+        {"state": "open"},
+        {"dependency": ["db"], "state": "open"},
+    ],
+)
+def test_malformed_breaker_telemetry_changes_nothing(data: dict[str, object]) -> None:
+    f = Fleet({"db": [], "a": []})
+    f.observe(f.healthy("db"), f.healthy("a"))
+    out = f.observe(Event(T.BREAKER_TRANSITIONED, f.now, "a", data=data))
+    assert out == []
+    assert f.state.learned_edges == [] and f.state.open_breakers_on == {}
+    assert f.state.snapshot()["components"]["a"]["breakers"] == {}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"kind": "quality", "value": "terrible"},
+        {"kind": 3},
+        {"value": 0.1},
+        {"kind": "quality", "value": None},
+    ],
+)
+def test_malformed_agent_reports_open_nothing(data: dict[str, object]) -> None:
+    f = Fleet({"a": []})
+    f.observe(f.healthy("a"))
+    assert f.observe(Event(T.AGENT_REPORTED, f.now, "a", data=data)) == []
+    assert f.state.active_incident == {}
