@@ -21,12 +21,12 @@ incident (deduplication). No I/O and no clock of its own: the same snapshot, obs
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from healer.analyze.graph import DependencyGraph, RootCauseResult
-from healer.analyze.taxonomy import Match, Taxonomy
+from healer.analyze.taxonomy import Match, Signature, Taxonomy
 from healer.knowledge.events import OBSERVATIONS, Event, RecordedEvent
 from healer.knowledge.events import EventType as T
 from healer.knowledge.projections import FleetState, IncidentView, SymptomView
@@ -542,7 +542,7 @@ class _Analysis:
             observation, cause = rec.type, rec.position
         else:
             lazy = self._facts(comp, observation, [], result, failed)
-            match = self.tax.classify(lazy)
+            match = lazy.classify(self.tax)
             facts = lazy.computed()
         if observation is None:
             # A root found only because symptoms point at it (a breaker-suspected dependency).
@@ -594,7 +594,7 @@ class _Analysis:
         deps = sorted(graph.dependencies(comp) & failed) if comp in graph else []
         observation, cause = self.triggers.get(comp, (None, None))
         lazy = self._facts(comp, observation, deps, result, failed)
-        match = self.tax.classify(lazy)
+        match = lazy.classify(self.tax)
         evidence = _evidence(lazy.computed())
         if match is not None:
             evidence["signature"] = match.signature.id
@@ -615,7 +615,7 @@ class _Analysis:
         observation, cause = self.triggers.get(comp, (None, None))
         # Its dependency is not available (yet): that is the failing dependency it shows.
         lazy = self._facts(comp, observation, [pending.dependency], None, failed)
-        match = self.tax.classify(lazy)
+        match = lazy.classify(self.tax)
         evidence = _evidence(lazy.computed())
         evidence["pending_dependency"] = pending.dependency
         ids = [pending.incident] if pending.incident is not None else []
@@ -711,11 +711,9 @@ class _Analysis:
             facts["breakers"] = {
                 r: s.components[r].breakers.get(comp, {}) for r in sorted(reporters) if r in s.components
             }
-        return _LazyFacts(
-            facts, {"peers_healthy", "peers_failing", "peers_healthy_ratio"}, self._peers(comp, result)
-        )
+        return _LazyFacts(facts, _PEER_FACTS, self._peers(comp, result))
 
-    def _peers(self, comp: str, result: RootCauseResult | None) -> Any:
+    def _peers(self, comp: str, result: RootCauseResult | None) -> Callable[[], dict[str, Any]]:
         def compute() -> dict[str, Any]:
             host = self.ctx.hosts.get(comp)
             if host is None:
@@ -748,7 +746,7 @@ class _Analysis:
         return counts
 
 
-_MISSING = object()
+_PEER_FACTS = frozenset({"peers_healthy", "peers_failing", "peers_healthy_ratio"})
 
 
 @dataclass(frozen=True)
@@ -759,37 +757,28 @@ class _Pending:
     why: str
 
 
-class _LazyFacts(Mapping[str, Any]):
-    """Facts with a few expensive ones (peer counts, O(components)) computed only when a
-    signature actually asks for them."""
+class _LazyFacts:
+    """Facts as a plain dict (signatures read it thousands of times per storm), with the few
+    expensive ones (peer counts, O(components)) added only before the first signature that
+    reads them."""
 
-    def __init__(self, facts: dict[str, Any], lazy: set[str], compute: Any) -> None:
-        self._facts = facts
+    def __init__(
+        self, facts: dict[str, Any], lazy: frozenset[str], compute: Callable[[], dict[str, Any]]
+    ) -> None:
+        self.facts = facts
         self._lazy = lazy
-        self._compute = compute
+        self._compute: Callable[[], dict[str, Any]] | None = compute
 
-    def __getitem__(self, key: str) -> Any:
-        value = self.get(key, _MISSING)
-        if value is _MISSING:
-            raise KeyError(key)
-        return value
+    def before(self, sig: Signature) -> None:
+        if self._compute is not None and not sig.uses.isdisjoint(self._lazy):
+            self.facts.update(self._compute())
+            self._compute = None
 
-    def get(self, key: str, default: Any = None) -> Any:
-        # Signatures read absent facts all the time: answer without raising KeyError.
-        value = self._facts.get(key, _MISSING)
-        if value is _MISSING and key in self._lazy:
-            self._facts.update(self._compute())
-            value = self._facts.get(key, _MISSING)
-        return default if value is _MISSING else value
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._facts)
-
-    def __len__(self) -> int:
-        return len(self._facts)
+    def classify(self, taxonomy: Taxonomy) -> Match | None:
+        return taxonomy.classify(self.facts, self.before)
 
     def computed(self) -> dict[str, Any]:
-        return dict(self._facts)
+        return self.facts
 
 
 _SUMMARY = ("observation", "health", "process_alive", "failing_probes", "signal", "exit_code", "report_kind")

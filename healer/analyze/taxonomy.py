@@ -132,6 +132,7 @@ class Signature:
     why: str
     when: Mapping[str, Any]
     test: Predicate
+    uses: frozenset[str] = frozenset()  # the facts the condition reads
 
     def matches(self, facts: Facts) -> bool:
         return self.test(facts)
@@ -155,9 +156,14 @@ class Taxonomy:
     network_probe_types: frozenset[str] = frozenset({"http", "tcp", "mqtt_heartbeat"})
     local_probe_types: frozenset[str] = frozenset({"process", "exec", "heartbeat_file", "resources"})
 
-    def classify(self, facts: Facts) -> Match | None:
-        """The first signature, in file order, whose condition holds."""
+    def classify(self, facts: Facts, before: Callable[[Signature], None] | None = None) -> Match | None:
+        """The first signature, in file order, whose condition holds.
+
+        ``before`` is called with each signature before it is tested: a caller can supply the
+        expensive facts only once a signature needs them (``Signature.uses``)."""
         for sig in self.signatures:
+            if before is not None:
+                before(sig)
             if sig.test(facts):
                 return Match(sig.failure_class, sig)
         return None
@@ -186,6 +192,20 @@ def compile_condition(cond: Any, path: tuple[str | int, ...] = ()) -> Predicate:
             _check_fact(key, here)
             tests.append(_fact_test(key, want, here))
     return _all(tests)
+
+
+def _facts_used(cond: Any) -> set[str]:
+    used: set[str] = set()
+    if isinstance(cond, Mapping):
+        for key, want in cond.items():
+            if key in ("any", "all") and isinstance(want, list):
+                for sub in want:
+                    used |= _facts_used(sub)
+            elif key == "not":
+                used |= _facts_used(want)
+            else:
+                used.add(key)
+    return used
 
 
 def _check_fact(name: str, path: tuple[str | int, ...]) -> None:
@@ -347,7 +367,7 @@ def load_taxonomy(path: Path | None = None) -> Taxonomy:
         except ConditionError as exc:
             problems.append(_located(doc, (*loc, "when", *exc.path), str(exc)))
             continue
-        signatures.append(Signature(cls, sig.id, sig.why, sig.when, test))
+        signatures.append(Signature(cls, sig.id, sig.why, sig.when, test, frozenset(_facts_used(sig.when))))
     for name in classes:
         if not any(s.class_ == name for s in parsed.signatures):
             problems.append(_located(doc, ("classes", name), f"class {name!r} has no signature"))
