@@ -159,6 +159,7 @@ def incident_json(inc: Any) -> dict[str, Any]:
         "failure_class": inc.failure_class,
         "root_cause": inc.root_cause,
         "symptoms": inc.symptoms,
+        "blast_radius": inc.blast_radius,
         "status": inc.status,
         "phase": inc.phase,
         "opened_at": iso(inc.opened_at),

@@ -195,6 +195,10 @@ class MqttConfig(_Strict):
         if not v or any(c in v for c in "+#\x00") or v.startswith("/") or v.endswith("/"):
             raise ValueError("expected a topic prefix without wildcards or leading/trailing '/'")
         return v
+class AnalysisConfig(_Strict):
+    # After a root cause recovers, its symptoms get this long to recover on their own before
+    # any that still fail are diagnosed (and remediated) on their own.
+    settle_time: Duration = 5.0
 
 
 class HealerConfig(BaseSettings):
@@ -214,6 +218,7 @@ class HealerConfig(BaseSettings):
     # unset: only the daemon's own user.
     control_group: str | None = None
     mqtt: MqttConfig | None = None  # telemetry (heartbeats, last wills, breakers); off when absent
+    analysis: AnalysisConfig = AnalysisConfig()
 
     @classmethod
     def settings_customise_sources(

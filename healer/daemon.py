@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from healer import __version__
+from healer.analyze.analyzer import AnalysisContext
 from healer.analyze.taxonomy import Taxonomy, load_taxonomy
 from healer.clock import Clock, SystemClock
 from healer.config import HealerConfig
@@ -128,6 +129,7 @@ class Daemon:
                 policies,
                 {n: c.labels for n, c in cfg.components.items()},
                 frozenset(commands),
+                AnalysisContext.from_config(cfg, self.taxonomy),
             )
             executor: Executor | None = None
             link: MqttLink | None = None
@@ -142,6 +144,9 @@ class Daemon:
                     inc = state.incidents.get(rec.incident or 0)
                     timeout = float(((inc.plan if inc else None) or {}).get("verify_timeout", 30))
                     asyncio.get_running_loop().call_later(timeout + 0.01, loop.tick)
+                elif rec.type == T.SYMPTOM_SETTLING:
+                    wait = float(rec.data.get("settle_until", 0)) - self.clock.wall()
+                    asyncio.get_running_loop().call_later(max(wait, 0) + 0.01, loop.tick)
                 self._arm_waits(rec, state, loop)
                 if self._on_event is not None:
                     self._on_event(rec)

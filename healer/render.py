@@ -23,6 +23,7 @@ LEVELS: dict[str, str] = {
     T.COMPONENT_BECAME_UNKNOWN: "warning",
     T.MQTT_DISCONNECTED: "warning",
     T.TELEMETRY_DROPPED: "warning",
+    T.SYMPTOM_SUPPRESSED: "warning",
 }
 
 STYLES = {"error": "bold red", "warning": "yellow", "info": "green", "debug": "dim"}
@@ -154,6 +155,12 @@ def describe(rec: RecordedEvent) -> str:
     if t == T.TELEMETRY_DROPPED:
         counts = ", ".join(f"{k} {v}" for k, v in dict(d.get("dropped", {})).items())
         return f"dropped bad telemetry: {counts} (of {d.get('received')} received)"
+    if t == T.SYMPTOM_SUPPRESSED:
+        return f"{inc}{who}: {d.get('reason') or 'symptom suppressed'} ({d.get('failure_class')})"
+    if t == T.SYMPTOM_SETTLING:
+        return f"{inc}{who}: {d.get('reason') or 'root recovered; settling'}"
+    if t == T.SYMPTOM_RELEASED:
+        return f"{inc}{who}: {d.get('reason') or 'no longer a symptom'}"
     return f"{inc}{who}: {t}"
 
 

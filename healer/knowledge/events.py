@@ -32,6 +32,9 @@ class EventType(StrEnum):
     VERIFICATION_FAILED = "incident.verification_failed"
     INCIDENT_VERIFIED = "incident.verified"
     INCIDENT_RESOLVED = "incident.resolved"
+    SYMPTOM_SUPPRESSED = "symptom.suppressed"
+    SYMPTOM_SETTLING = "symptom.settling"
+    SYMPTOM_RELEASED = "symptom.released"
     # Plan
     INCIDENT_PLANNED = "incident.planned"
     INCIDENT_ESCALATED = "incident.escalated"
