@@ -101,6 +101,29 @@ class StoreConfig(_Strict):
     batch_max: int = Field(default=512, ge=1, le=10_000)
 
 
+def check_loopback(value: Any) -> Any:
+    """The metrics endpoint has no authentication: it may only listen on a loopback address."""
+    import ipaddress
+
+    if not isinstance(value, str) or value == "localhost":
+        return value
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"expected a loopback IP address such as 127.0.0.1 or ::1, got {value!r}") from None
+    if not ip.is_loopback:
+        raise ValueError(f"{value} is not a loopback address: the metrics endpoint has no authentication")
+    return value
+
+
+class MetricsConfig(_Strict):
+    """The Prometheus endpoint (``http://ADDRESS:PORT/metrics``), served by the daemon."""
+
+    enabled: bool = False
+    address: Annotated[str, BeforeValidator(check_loopback)] = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
 class HealerConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HEALER_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -113,6 +136,7 @@ class HealerConfig(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_timeout: Duration = 10.0  # how long SIGTERM waits for an in-flight action
     stop_components_on_exit: bool = True
+    metrics: MetricsConfig = MetricsConfig()
 
     @classmethod
     def settings_customise_sources(

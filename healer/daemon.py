@@ -60,6 +60,8 @@ class Daemon:
         self.state: FleetState | None = None
         self.loop: ControlLoop | None = None
         self.exit_code = 0
+        self.metrics: Any = None  # healer.metrics.Metrics when the endpoint is enabled
+        self._metrics_server: Any = None
 
     # -- control from outside -------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -112,9 +114,12 @@ class Daemon:
                 frozenset(commands),
             )
             executor: Executor | None = None
+            metrics = self._start_metrics(state)
 
             def on_recorded(rec: RecordedEvent) -> None:
                 _log_event(rec)
+                if metrics is not None:
+                    metrics.on_recorded(rec)
                 if rec.type == T.INCIDENT_PLANNED and executor is not None:
                     executor.dispatch(rec)
                 elif rec.type == T.STEP_SUCCEEDED:
@@ -125,6 +130,8 @@ class Daemon:
                     self._on_event(rec)
 
             loop = ControlLoop(store, state, decider, self.clock, on_recorded)
+            if metrics is not None:
+                loop.store = metrics.timed(store)  # append latency, measured at the one writer
             self.loop = loop
             registry = ProbeRegistry.discover()
 
@@ -195,12 +202,31 @@ class Daemon:
                 for task in (loop_task, *aux):
                     task.cancel()
         finally:
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
+                self._metrics_server.server_close()
             self._remove_signals()
             if supervisor is not None:
                 supervisor.close()
             await http.aclose()
             await store.close()
         return self.exit_code
+
+    def _start_metrics(self, state: FleetState) -> Any:
+        cfg = self.config.metrics
+        if not cfg.enabled:
+            return None
+        from healer.errors import HealerError
+        from healer.metrics import Metrics
+
+        metrics = Metrics(self.config.state_dir)
+        metrics.prime(state)
+        try:
+            self._metrics_server = metrics.serve(cfg.address, cfg.port)
+        except OSError as exc:
+            raise HealerError(f"cannot serve metrics on {cfg.address}:{cfg.port}: {exc}") from exc
+        self.metrics = metrics
+        return metrics
 
     async def _recover(
         self, state: FleetState, supervisor: Supervisor, loop: ControlLoop, executor: Executor

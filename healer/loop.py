@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from healer.analyze.analyzer import analyze, analyze_deadlines
 from healer.analyze.taxonomy import Taxonomy
 from healer.clock import Clock
+from healer.config import HealerConfig
 from healer.errors import StoreError
 from healer.knowledge.events import Event, RecordedEvent
 from healer.knowledge.projections import FleetState
@@ -132,7 +133,9 @@ class ControlLoop:
                 fut.set_result(decided[at] if at is not None else None)
 
     def _decide(self, event: Event, now: float, out: list[RecordedEvent]) -> None:
-        pending = [event]
+        # The input is stamped with the batch's ``now``: every event's ``ts`` is the time its
+        # decisions were made with, so replay re-derives ``now`` from the log alone, exactly.
+        pending = [replace(event, ts=now)]
         while pending:
             ev = pending.pop(0)
             rec = RecordedEvent(
@@ -149,3 +152,13 @@ class ControlLoop:
 
 def _unrecord(rec: RecordedEvent) -> Event:
     return Event(rec.type, rec.ts, rec.component, rec.incident, rec.data)
+
+
+def decider_for(config: HealerConfig, policies: PolicySet, taxonomy: Taxonomy) -> Decider:
+    """The Decider the daemon builds from ``config``: replay and backtest must decide alike."""
+    return Decider(
+        taxonomy,
+        policies,
+        {n: c.labels for n, c in config.components.items()},
+        frozenset(n for n, c in config.components.items() if c.command is not None),
+    )

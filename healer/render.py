@@ -89,7 +89,20 @@ def describe(rec: RecordedEvent) -> str:
         )
     if t == T.DAEMON_STOPPED:
         return f"healer stopped, pid {d.get('pid')}"
-    return f"{inc}{who}: {t}"
+    # Event types without a case of their own still say what they carry.
+    summary = _data_summary(d)
+    return f"{inc}{who}: {t}" + (f" ({summary})" if summary else "")
+
+
+def _data_summary(d: Any, limit: int = 120) -> str:
+    parts = []
+    for key in sorted(d):
+        value = d[key]
+        if isinstance(value, dict | list):
+            continue  # nested detail belongs to `healer log -v`
+        parts.append(f"{key}={value}")
+    text = ", ".join(parts)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _probe_summary(d: Any) -> str:
