@@ -4,8 +4,8 @@ The log is folded in order. At each event after which Plan is asked for a decisi
 incident diagnosed, a failed verification or step), the draft policies decide from exactly
 the snapshot the live planner saw (the fold up to that event) and with the same ``now`` (the
 event's batch time); the recorded decision is the next Plan event of that incident. Decisions
-are compared by what they would *do* (strategy, actions, attempt limits, cooldown), not by
-policy names or hashes.
+are compared by what they would *do* (strategy, actions, how long they wait), not by policy
+names, hashes or attempt counters.
 
 What followed a changed decision is not simulated: later decision points are judged on the
 recorded history, which already reflects what the live policies did.
@@ -46,12 +46,10 @@ def decision_of(etype: str, data: Mapping[str, Any], ts: float) -> dict[str, Any
         for a in data.get("actions") or []
     ]
     nb = data.get("not_before")
+    # What happens, and when: attempt counters and limits are bookkeeping, not the decision.
     return {
         "decision": data.get("strategy"),
         "actions": actions,
-        "attempt": data.get("attempt"),
-        "max_attempts": data.get("max_attempts"),
-        "cooldown": data.get("cooldown"),
         "wait": round(max(0.0, float(nb) - ts), 6) if isinstance(nb, int | float) else None,
     }
 

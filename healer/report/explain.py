@@ -44,6 +44,7 @@ _GENERIC_GUARDRAIL_KEYS = (
     "silenced_until",
     "window",
     "next_allowed",
+    "next_allowed_at",
 )
 _APPROVAL_KEYS = (
     "approval",
@@ -84,7 +85,7 @@ def explain(rec: RecordedEvent, inc: IncidentView | None = None) -> dict[str, An
     elif "evidence" in d:
         out["evidence"] = dict(d["evidence"])
         used.add("evidence")
-    elif inc is not None and rec.incident is not None and inc.evidence and _is_decision(rec):
+    elif inc is not None and inc.evidence and _is_decision(rec):
         out["evidence"] = dict(inc.evidence)
 
     # Diagnosis and root cause.
@@ -102,8 +103,10 @@ def explain(rec: RecordedEvent, inc: IncidentView | None = None) -> dict[str, An
 
     # The decision: the policy and step that matched, with the policy file's content hash.
     decision = {k: d[k] for k in _DECISION_KEYS if k in d and d[k] is not None}
-    if rec.type in (T.STEP_STARTED, T.STEP_SUCCEEDED, T.STEP_FAILED, T.STEP_INTERRUPTED):
+    if rec.type.startswith("step."):
         decision.update({k: d[k] for k in ("actuator", "action", "attempt") if k in d})
+    if not _is_decision(rec) and "reason" in decision:
+        out["reason"] = decision.pop("reason")
     if decision:
         out["decision"] = decision
     used |= set(_DECISION_KEYS)
@@ -139,8 +142,21 @@ def explain(rec: RecordedEvent, inc: IncidentView | None = None) -> dict[str, An
     return out
 
 
+# Plan's decisions: they are explained with the diagnosis and evidence they were made from.
+DECISIONS = frozenset(
+    {
+        T.INCIDENT_DETECTED,
+        T.INCIDENT_PLANNED,
+        T.INCIDENT_ESCALATED,
+        "incident.deferred",
+        "approval.requested",
+        "approval.expired",
+    }
+)
+
+
 def _is_decision(rec: RecordedEvent) -> bool:
-    return rec.type.startswith("incident.") or rec.type.startswith("step.")
+    return rec.type in DECISIONS
 
 
 def _probe_evidence(d: Mapping[str, Any]) -> dict[str, Any]:
@@ -240,5 +256,7 @@ def _kv(m: Any) -> str:
 def _short(v: Any, limit: int = 160) -> str:
     import json
 
+    if isinstance(v, float):
+        v = round(v, 6)  # 1.0499999523 is 1.05 to a reader
     text = v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
     return text if len(text) <= limit else text[: limit - 1] + "…"

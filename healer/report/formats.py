@@ -32,15 +32,11 @@ def title(doc: Mapping[str, Any]) -> str:
 
 
 def objective_text(o: Mapping[str, Any]) -> str:
-    achieved = f"{o['achieved_s']:.2f} s" if o.get("achieved_s") is not None else "—"
-    target = f"{o['target_s']:g} s" if o.get("target_s") is not None else "no target set"
-    verdict = {True: "met", False: "MISSED", None: ""}[o.get("met")]
-    text = f"{achieved} achieved / {target}"
-    if verdict:
-        text += f": {verdict}"
-    if o.get("note"):
-        text += f" ({o['note']})"
-    return text
+    target = f"target {o['target_s']:g} s" if o.get("target_s") is not None else "no target set"
+    if o.get("achieved_s") is None:
+        return f"not measured ({o.get('note') or 'no data'}); {target}"
+    verdict = {True: ": met", False: ": MISSED", None: ""}[o.get("met")]
+    return f"{o['achieved_s']:.2f} s achieved, {target}{verdict}"
 
 
 def facts(doc: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -168,7 +168,10 @@ def _phase_rows(
 def _segments(changes: list[tuple[float, str]], end: float, t0: float) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, (at, phase) in enumerate(changes):
-        until = changes[i + 1][0] if i + 1 < len(changes) else end
+        last = i + 1 == len(changes)
+        until = end if last else changes[i + 1][0]
+        if until <= at and not last:
+            continue  # superseded at the same instant (a crash is failing and down at once)
         if out and out[-1]["phase"] == phase:
             out[-1]["end"] = round(until - t0, 3)
             continue

@@ -71,7 +71,7 @@ class Families:
 def _key(family: str, ev: RecordedEvent) -> str:
     if family == "budget":
         return "fleet"
-    for k in ("approval_id", "silence_id", "breaker", "dependency", "id", "name"):
+    for k in ("approval", "approval_id", "silence_id", "breaker", "dependency", "id", "name"):
         if ev.data.get(k) is not None:
             return f"{ev.component or '-'}/{ev.data[k]}"
     return f"{ev.component or '-'}/{ev.incident if ev.incident is not None else '-'}"
