@@ -18,11 +18,11 @@ from typing import Any
 
 from healer.analyze.taxonomy import load_taxonomy
 from healer.clock import ManualClock
+from healer.config import load_config
 from healer.knowledge.events import Event
 from healer.knowledge.events import EventType as T
 from healer.knowledge.projections import FleetState
 from healer.knowledge.store import SQLiteEventStore
-from healer.config import load_config
 from healer.loop import ControlLoop, decider_for
 from healer.plan.policy import load_policies
 
@@ -95,7 +95,9 @@ async def record(base: Path) -> Path:
     loop = ControlLoop(store, FleetState(), decider, clock, lambda rec: None)
     runner = asyncio.create_task(loop.run())
 
-    async def at(t: float, etype: str, component: str | None = None, incident: int | None = None, **data: Any) -> None:
+    async def at(
+        t: float, etype: str, component: str | None = None, incident: int | None = None, **data: Any
+    ) -> None:
         clock.advance(T0 + t - clock.wall())
         rec = await loop.record(Event(etype, clock.wall(), component, incident, data))
         assert rec is not None
@@ -114,9 +116,22 @@ async def record(base: Path) -> Path:
         }
 
     try:
-        await at(0.0, T.DAEMON_STARTED, pid=4242, version="test", rebuilt_digest=FleetState().digest(), rebuilt_position=0)
-        await at(0.0, T.POLICIES_LOADED, hash=decider.policies.hash, files=dict(decider.policies.files),
-                 policies=[p.name for p in decider.policies.policies], reload=False)
+        await at(
+            0.0,
+            T.DAEMON_STARTED,
+            pid=4242,
+            version="test",
+            rebuilt_digest=FleetState().digest(),
+            rebuilt_position=0,
+        )
+        await at(
+            0.0,
+            T.POLICIES_LOADED,
+            hash=decider.policies.hash,
+            files=dict(decider.policies.files),
+            policies=[p.name for p in decider.policies.policies],
+            reload=False,
+        )
         await at(0.1, T.PROCESS_STARTED, "agent-a", pid=100, create_time=T0)
         await at(0.1, T.PROCESS_STARTED, "agent-b", pid=200, create_time=T0)
         await at(1.2, T.COMPONENT_RECOVERED, "agent-a", probes=_probes("passing", "200 OK"))
@@ -125,20 +140,31 @@ async def record(base: Path) -> Path:
         await at(10.0, T.PROCESS_EXITED, "agent-a", pid=100, signal="SIGKILL", expected=False)
         await at(10.05, T.STEP_STARTED, "agent-a", 1, **step_data(1, 1))
         await at(10.3, T.PROCESS_STARTED, "agent-a", pid=101, create_time=T0 + 10.3, restart=True)
-        await at(10.35, T.STEP_SUCCEEDED, "agent-a", 1, **step_data(1, 1), result={"pid": 101}, duration_s=0.3)
+        await at(
+            10.35, T.STEP_SUCCEEDED, "agent-a", 1, **step_data(1, 1), result={"pid": 101}, duration_s=0.3
+        )
         await at(10.9, T.PROCESS_EXITED, "agent-a", pid=101, exit_code=3, expected=False)
         # the second attempt waits for its cooldown (1 s after the first action)
         await at(11.1, T.STEP_STARTED, "agent-a", 1, **step_data(1, 2))
         await at(11.4, T.PROCESS_STARTED, "agent-a", pid=102, create_time=T0 + 11.4, restart=True)
-        await at(11.45, T.STEP_SUCCEEDED, "agent-a", 1, **step_data(1, 2), result={"pid": 102}, duration_s=0.35)
+        await at(
+            11.45, T.STEP_SUCCEEDED, "agent-a", 1, **step_data(1, 2), result={"pid": 102}, duration_s=0.35
+        )
         # incident 2: agent-b stops answering while its process lives
-        await at(12.0, T.COMPONENT_FAILED, "agent-b", probes=_probes("failing", "timed out after 0.3s"),
-                 failing=["http#1"])
+        await at(
+            12.0,
+            T.COMPONENT_FAILED,
+            "agent-b",
+            probes=_probes("failing", "timed out after 0.3s"),
+            failing=["http#1"],
+        )
         await at(12.5, T.COMPONENT_RECOVERED, "agent-a", probes=_probes("passing", "200 OK"))
         await at(12.6, T.STEP_STARTED, "agent-b", 2, **step_data(2, 1))
         await at(13.0, T.PROCESS_EXITED, "agent-b", pid=200, signal="SIGTERM", expected=True)
         await at(13.1, T.PROCESS_STARTED, "agent-b", pid=201, create_time=T0 + 13.1, restart=True)
-        await at(13.15, T.STEP_SUCCEEDED, "agent-b", 2, **step_data(2, 1), result={"pid": 201}, duration_s=0.55)
+        await at(
+            13.15, T.STEP_SUCCEEDED, "agent-b", 2, **step_data(2, 1), result={"pid": 201}, duration_s=0.55
+        )
         await at(14.0, T.COMPONENT_RECOVERED, "agent-b", probes=_probes("passing", "200 OK"))
         await at(20.0, T.DAEMON_STOPPED, pid=4242, digest=loop.state.digest())
     finally:

@@ -77,10 +77,29 @@ def test_postmortem_markdown_and_json_match_golden(recorded: Path, incident: int
 
 def test_postmortem_content(recorded: Path) -> None:
     """What the golden files must say, spelled out (so a wrong golden file cannot slip through)."""
-    doc = json.loads(cli(recorded, "postmortem", "1", "-c", str(recorded / "healer.yaml"), "--format", "json"))
+    doc = json.loads(
+        cli(recorded, "postmortem", "1", "-c", str(recorded / "healer.yaml"), "--format", "json")
+    )
     assert doc["status"] == "resolved" and doc["failure_class"] == "crash" and doc["root_cause"] == "agent-a"
     # every event of the incident and of agent-a from the crash to the resolution, relative to detection
-    assert [e["position"] for e in doc["timeline"]] == [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 24, 25, 26]
+    assert [e["position"] for e in doc["timeline"]] == [
+        7,
+        8,
+        9,
+        10,
+        11,
+        12,
+        13,
+        14,
+        15,
+        16,
+        17,
+        18,
+        19,
+        24,
+        25,
+        26,
+    ]
     assert doc["timeline"][0]["t"] == 0.0 and doc["timeline"][-1]["t"] == 2.5
     assert [(a["attempt"], a["outcome"]) for a in doc["actions"]] == [(1, "succeeded"), (2, "succeeded")]
     assert doc["objectives"]["rto"] == {"achieved_s": 2.5, "target_s": 5.0, "met": True}
@@ -90,8 +109,18 @@ def test_postmortem_content(recorded: Path) -> None:
     assert [d["decision"] for d in doc["decisions"]] == ["restart", "restart"]
     assert doc["decisions"][0]["policy_file"] == f"{BASE}/policies/default.yaml"
     phases = doc["phases"][0]["segments"]
-    assert [p["phase"] for p in phases] == ["planned", "acting", "verifying", "planned", "acting", "verifying", "resolved"]
-    two = json.loads(cli(recorded, "postmortem", "2", "-c", str(recorded / "healer.yaml"), "--format", "json"))
+    assert [p["phase"] for p in phases] == [
+        "planned",
+        "acting",
+        "verifying",
+        "planned",
+        "acting",
+        "verifying",
+        "resolved",
+    ]
+    two = json.loads(
+        cli(recorded, "postmortem", "2", "-c", str(recorded / "healer.yaml"), "--format", "json")
+    )
     assert two["objectives"]["rto"] == {"achieved_s": 2.0, "target_s": 1.0, "met": False}
     assert "MISSED" in two["summary"]
 
@@ -107,7 +136,9 @@ def test_html_escapes_event_text() -> None:
         RecordedEvent(1, "process.exited", T0, "a", None, {"pid": 1, "signal": "SIGKILL"}),
         RecordedEvent(2, "incident.detected", T0, "a", 1, {"cause": 1, "evidence": {"x": evil}}),
         RecordedEvent(3, "incident.diagnosed", T0, "a", 1, {"failure_class": "crash", "root_cause": "a"}),
-        RecordedEvent(4, "step.started", T0 + 1, "a", 1, {"idempotency_key": "k", "actuator": "p", "action": "r"}),
+        RecordedEvent(
+            4, "step.started", T0 + 1, "a", 1, {"idempotency_key": "k", "actuator": "p", "action": "r"}
+        ),
         RecordedEvent(5, "step.failed", T0 + 2, "a", 1, {"idempotency_key": "k", "error": evil}),
     ]
     doc = postmortem.build(postmortem.IncidentRecord(1, events[1:], events))
@@ -199,7 +230,9 @@ def test_replay_rebuilds_projections_into_a_scratch_store(recorded: Path, tmp_pa
     assert report["verified"] is None
     conn = sqlite3.connect(scratch)
     names = dict(conn.execute("SELECT name, COUNT(*) FROM projections GROUP BY name").fetchall())
-    inc1 = json.loads(conn.execute("SELECT value FROM projections WHERE name='fleet.incidents' AND key='1'").fetchone()[0])
+    inc1 = json.loads(
+        conn.execute("SELECT value FROM projections WHERE name='fleet.incidents' AND key='1'").fetchone()[0]
+    )
     conn.close()
     assert names["fleet.components"] == 2 and names["fleet.incidents"] == 2
     assert inc1["status"] == "resolved" and inc1["rto_achieved"] == 2.5
@@ -233,16 +266,16 @@ def test_replay_verify_refuses_other_policies(recorded: Path, tmp_path: Path) ->
     assert out.returncode == 3 and "cannot verify from log position 2" in out.stderr
 
 
-def tamper_copy(
-    recorded: Path, tmp: Path, position: int, change: Any, new_type: str | None = None
-) -> Path:
+def tamper_copy(recorded: Path, tmp: Path, position: int, change: Any, new_type: str | None = None) -> Path:
     """A copy of the recorded fleet whose event at ``position`` was altered (triggers dropped)."""
     dst = tmp / "tampered"
     shutil.copytree(recorded, dst)
     conn = sqlite3.connect(dst / "state" / "events.db")
     conn.execute("DROP TRIGGER events_no_update")
     if change is not None:
-        data = json.loads(conn.execute("SELECT data FROM events WHERE position = ?", (position,)).fetchone()[0])
+        data = json.loads(
+            conn.execute("SELECT data FROM events WHERE position = ?", (position,)).fetchone()[0]
+        )
         conn.execute("UPDATE events SET data = ? WHERE position = ?", (json.dumps(change(data)), position))
     if new_type is not None:
         conn.execute("UPDATE events SET type = ? WHERE position = ?", (new_type, position))
@@ -250,7 +283,9 @@ def tamper_copy(
     conn.close()
     # The policies stay where they were: the policy set's hash covers their paths.
     cfg = dst / "healer.yaml"
-    cfg.write_text(f"state_dir: {dst / 'state'}\npolicies_dir: {recorded / 'policies'}\n" + CONFIG.split("\n", 2)[2])
+    cfg.write_text(
+        f"state_dir: {dst / 'state'}\npolicies_dir: {recorded / 'policies'}\n" + CONFIG.split("\n", 2)[2]
+    )
     return cfg
 
 
@@ -259,7 +294,9 @@ def test_backtest_on_the_recorded_incidents(recorded: Path, tmp_path: Path) -> N
     draft = tmp_path / "draft"
     draft.mkdir()
     (draft / "p.yaml").write_text(POLICY.replace("max_attempts: 3", "max_attempts: 1"))
-    out = healer_cli("policy", "backtest", "-c", str(recorded / "healer.yaml"), "--policies", str(draft), "--json")
+    out = healer_cli(
+        "policy", "backtest", "-c", str(recorded / "healer.yaml"), "--policies", str(draft), "--json"
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     # only the second restart of agent-a changes: with one attempt allowed, it escalates
@@ -267,7 +304,9 @@ def test_backtest_on_the_recorded_incidents(recorded: Path, tmp_path: Path) -> N
     [change] = report["changes"]
     assert (change["position"], change["recorded_position"]) == (15, 16)
     assert change["old"].startswith("restart attempt 2/3") and change["new"].startswith("escalate")
-    same = healer_cli("policy", "backtest", "-c", str(recorded / "healer.yaml"), "--policies", str(recorded / "policies"))
+    same = healer_cli(
+        "policy", "backtest", "-c", str(recorded / "healer.yaml"), "--policies", str(recorded / "policies")
+    )
     assert "summary: 0 of 3 decisions would change, in 0 of 2 incidents" in same.stdout
 
 
@@ -281,7 +320,13 @@ def test_unknown_event_types_explain_and_describe_themselves() -> None:
         T0,
         "agent-a",
         1,
-        {"approval": 3, "deadline": T0 + 300, "default": "deny", "strategy": "restart", "reason": "needs a human"},
+        {
+            "approval": 3,
+            "deadline": T0 + 300,
+            "default": "deny",
+            "strategy": "restart",
+            "reason": "needs a human",
+        },
     )
     ex = explain(req)
     assert ex["approval"]["deadline_iso"] == "2026-01-01T00:05:00.000+00:00"
@@ -294,12 +339,18 @@ def test_unknown_event_types_explain_and_describe_themselves() -> None:
         T0,
         "agent-a",
         1,
-        {"guardrail": "budget.max_concurrent", "next_allowed_at": T0 + 5, "guardrails": [{"guardrail": "cooldown", "ok": True}]},
+        {
+            "guardrail": "budget.max_concurrent",
+            "next_allowed_at": T0 + 5,
+            "guardrails": [{"guardrail": "cooldown", "ok": True}],
+        },
     )
     g = explain(deferred)["guardrails"]
     assert g["guardrail"] == "budget.max_concurrent" and g["guardrails"][0]["guardrail"] == "cooldown"
     assert g["next_allowed_at"] == T0 + 5 and "details" not in explain(deferred)
-    breaker = RecordedEvent(42, "breaker.transitioned", T0, "agent-a", None, {"dependency": "llm", "state": "open"})
+    breaker = RecordedEvent(
+        42, "breaker.transitioned", T0, "agent-a", None, {"dependency": "llm", "state": "open"}
+    )
     assert explain(breaker)["details"] == {"dependency": "llm", "state": "open"}
 
 
@@ -330,4 +381,6 @@ def test_status_shows_generic_families(tmp_path: Path) -> None:
     assert [s["key"] for s in doc["silences"]] == ["agent-c/s1"], "the expired silence is not shown"
     assert [(b["key"], b["state"]) for b in doc["breakers"]] == [("agent-a/llm", "open")]
     table = healer_cli("status", "--state-dir", str(tmp_path / "state"))
-    assert table.returncode == 0 and "pending approvals (1)" in table.stdout and "breakers (1)" in table.stdout
+    assert (
+        table.returncode == 0 and "pending approvals (1)" in table.stdout and "breakers (1)" in table.stdout
+    )
