@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from healer.analyze.analyzer import analyze, analyze_deadlines
 from healer.analyze.taxonomy import Taxonomy
@@ -135,7 +135,7 @@ class ControlLoop:
     def _decide(self, event: Event, now: float, out: list[RecordedEvent]) -> None:
         # The input is stamped with the batch's ``now``: every event's ``ts`` is the time its
         # decisions were made with, so replay re-derives ``now`` from the log alone, exactly.
-        pending = [replace(event, ts=now)]
+        pending = [Event(event.type, now, event.component, event.incident, event.data)]
         while pending:
             ev = pending.pop(0)
             rec = RecordedEvent(

@@ -222,7 +222,9 @@ def test_since_parsing_and_time_lookup(recorded: Path) -> None:
 # -- replay ------------------------------------------------------------------------------------------
 def test_replay_rebuilds_projections_into_a_scratch_store(recorded: Path, tmp_path: Path) -> None:
     scratch = tmp_path / "scratch" / "projections.db"
-    out = healer_cli("replay", "--state-dir", str(recorded / "state"), "--into", str(scratch), "--json")
+    out = healer_cli(
+        "replay", "--state-dir", str(recorded / "state"), "--into", str(scratch), "--json", "--digest"
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     stopped = rows(recorded / "state")[-1]

@@ -35,6 +35,11 @@ def register(sub: Any, reader: Reader, policy_sub: Any) -> None:
         help="re-run Analyze and Plan over the log and fail at the first decision that differs (needs -c)",
     )
     rp.add_argument("--into", type=Path, help="the scratch store file to write (default: a temporary file)")
+    rp.add_argument(
+        "--digest",
+        action="store_true",
+        help="also print the snapshot digest the daemon records at stop (serialises the whole state)",
+    )
     rp.set_defaults(func=cmd_replay)
 
     bt = policy_sub.add_parser("backtest", help="what draft policies would have decided in recorded history")
@@ -91,8 +96,7 @@ def _write_private(path: Path, text: str) -> None:
 
 # -- replay ------------------------------------------------------------------------------------------
 def cmd_replay(args: argparse.Namespace) -> int:
-    from healer.knowledge.store import SQLiteEventStore
-    from healer.replay import CannotVerify, replay
+    from healer.replay import CannotVerify, log_events, replay
 
     state_dir, cfg = _state_dir_and_config(args)
     decider = None
@@ -108,15 +112,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="healer-replay-") as tmp:
         scratch = args.into if args.into is not None else Path(tmp) / "projections.db"
 
-        async def go() -> Any:
-            store = await SQLiteEventStore.open(state_dir, readonly=True)
-            try:
-                return await replay(store, scratch=scratch, decider=decider)
-            finally:
-                await store.close()
-
         try:
-            report = asyncio.run(go())
+            report = replay(log_events(state_dir), scratch=scratch, decider=decider, digest=args.digest)
         except CannotVerify as exc:
             print(f"healer: {exc}", file=sys.stderr)
             return EXIT_CANNOT_VERIFY
@@ -126,9 +123,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(json.dumps(report.as_dict(), indent=2, sort_keys=True, default=str))
     else:
         rows = ", ".join(f"{k}: {v}" for k, v in sorted(report.rows.items()))
+        digest = f"; projections digest {report.digest}" if report.digest else ""
         print(
-            f"replayed {report.events} events (to position {report.position}) in {report.seconds:.2f}s; "
-            f"projections digest {report.digest}"
+            f"replayed {report.events} events (to #{report.position}) in {report.seconds:.2f}s{digest}"
         )
         print(f"projection rows: {rows}" + (f" in {args.into}" if args.into else ""))
         if report.verified is True:

@@ -262,7 +262,9 @@ def _guardrails(events: Sequence[RecordedEvent], inc: IncidentView, t0: float) -
         "attempts_by_step": {str(k): v for k, v in sorted(inc.attempts.items())},
         "cooldowns": waits,
         "escalation": escalated.data.get("reason") if escalated else None,
-        "blocks": _generic(events, ("guardrail", "blocked", "suppress", "silenc", "budget", "breaker"), t0),
+        "blocks": _generic(
+            events, ("defer", "guardrail", "blocked", "suppress", "silenc", "budget", "breaker"), t0
+        ),
     }
 
 
