@@ -188,7 +188,7 @@ def main() -> None:
             f"{n / took / 20_000:.2f}x | {writer_s / took:.2f}x |"
         )
     print(
-        f"\nDecider per input event in the FULL burst: mean {ms(statistics.fmean(full_decide))}, "
+        f"\nDecider (Analyze + Plan) per event in the FULL burst: mean {ms(statistics.fmean(full_decide))}, "
         f"p99 {ms(pct(full_decide, 99))}, max {ms(max(full_decide))}\n"
     )
     print(f"Steady {args.rate:,} observations/s for {args.seconds:g} s ({sent:,} observations, FULL):\n")

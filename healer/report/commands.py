@@ -124,9 +124,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     else:
         rows = ", ".join(f"{k}: {v}" for k, v in sorted(report.rows.items()))
         digest = f"; projections digest {report.digest}" if report.digest else ""
-        print(
-            f"replayed {report.events} events (to #{report.position}) in {report.seconds:.2f}s{digest}"
-        )
+        print(f"replayed {report.events} events (to #{report.position}) in {report.seconds:.2f}s{digest}")
         print(f"projection rows: {rows}" + (f" in {args.into}" if args.into else ""))
         if report.verified is True:
             print(f"verified: {report.decisions} decisions re-made identically from {report.inputs} inputs")

@@ -69,9 +69,7 @@ def timeline_svg(rows: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str
     t = math.ceil(lo / step) * step
     while t <= hi + 1e-9:
         xt = x(t)
-        out.append(
-            f'<line x1="{xt}" y1="{TOP - 6}" x2="{xt}" y2="{legend_y - 12}" stroke="#e5e7eb"/>'
-        )
+        out.append(f'<line x1="{xt}" y1="{TOP - 6}" x2="{xt}" y2="{legend_y - 12}" stroke="#e5e7eb"/>')
         out.append(f'<text x="{xt}" y="{TOP - 10}" text-anchor="middle" fill="#374151">{_num(t)} s</text>')
         t += step
     for i, row in enumerate(rows):
