@@ -386,3 +386,82 @@ def test_status_shows_generic_families(tmp_path: Path) -> None:
     assert (
         table.returncode == 0 and "pending approvals (1)" in table.stdout and "breakers (1)" in table.stdout
     )
+
+
+def test_verify_reproduces_deadline_ticks(tmp_path: Path) -> None:
+    """Two verifications time out in one tick: the tick's roots and their subtrees replay exactly,
+    and an altered tick decision is named."""
+    from healer.analyze.taxonomy import load_taxonomy
+    from healer.clock import ManualClock
+    from healer.config import load_config
+    from healer.knowledge.events import EventType as T
+    from healer.knowledge.projections import FleetState
+    from healer.loop import ControlLoop, decider_for
+    from healer.plan.policy import load_policies
+    from healer.replay import DecisionWalker, log_events, replay
+
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "p.yaml").write_text(POLICY.replace("verify_timeout: 10s", "verify_timeout: 2s"))
+    (tmp_path / "healer.yaml").write_text(CONFIG)
+    cfg = load_config(tmp_path / "healer.yaml")
+
+    async def run() -> None:
+        clock = ManualClock(T0)
+        store = await SQLiteEventStore.open(cfg.state_dir)
+        loop = ControlLoop(
+            store,
+            FleetState(),
+            decider_for(cfg, load_policies([cfg.policies_dir]), load_taxonomy()),
+            clock,
+            lambda r: None,
+        )
+        task = asyncio.create_task(loop.run())
+        for comp, iid in (("agent-a", 1), ("agent-b", 2)):
+            loop.submit(Event(T.PROCESS_STARTED, 0, comp, None, {"pid": iid}))
+            loop.submit(
+                Event(T.PROCESS_EXITED, 0, comp, None, {"pid": iid, "signal": "SIGKILL", "expected": False})
+            )
+            key = f"incident-{iid}/step-0/attempt-1"
+            step = {
+                "step": 0,
+                "attempt": 1,
+                "plan_key": key,
+                "action_index": 0,
+                "actuator": "process",
+                "action": "restart",
+                "idempotency_key": f"{key}/action-0",
+            }
+            loop.submit(Event(T.STEP_STARTED, 0, comp, iid, step))
+            loop.submit(Event(T.STEP_SUCCEEDED, 0, comp, iid, {**step, "duration_s": 0.1}))
+            await loop.flush()
+            clock.advance(0.5)
+        clock.advance(5.0)
+        loop.tick()  # both verifications are overdue: one tick decides for both
+        await loop.flush()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await store.close()
+
+    asyncio.run(run())
+    recorded = rows(cfg.state_dir)
+    overdue = [r.position for r in recorded if r.type == "incident.verification_failed"]
+    assert len(overdue) == 2 and recorded[overdue[0] - 1].ts == recorded[overdue[1] - 1].ts
+    assert recorded[overdue[0]].type == "incident.planned", (
+        "the first root's subtree comes before the second root"
+    )
+    dec = decider_for(cfg, load_policies([cfg.policies_dir]), load_taxonomy())
+    ok = replay(log_events(cfg.state_dir), decider=dec)
+    assert ok.verified and ok.divergence is None
+
+    walker = DecisionWalker(dec)
+    for rec in recorded:
+        fed = rec
+        if rec.position == overdue[1]:
+            fed = RecordedEvent(
+                rec.position, rec.type, rec.ts, rec.component, rec.incident, {"reason": "edited"}
+            )
+        divergence = walker.feed(fed)
+        if divergence is not None:
+            break
+    assert divergence is not None and divergence.position == overdue[1]
+    assert "deadline tick" in divergence.reason
