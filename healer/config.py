@@ -199,6 +199,27 @@ class AnalysisConfig(_Strict):
     # After a root cause recovers, its symptoms get this long to recover on their own before
     # any that still fail are diagnosed (and remediated) on their own.
     settle_time: Duration = 5.0
+def check_loopback(value: Any) -> Any:
+    """The metrics endpoint has no authentication: it may only listen on a loopback address."""
+    import ipaddress
+
+    if not isinstance(value, str) or value == "localhost":
+        return value
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"expected a loopback IP address such as 127.0.0.1 or ::1, got {value!r}") from None
+    if not ip.is_loopback:
+        raise ValueError(f"{value} is not a loopback address: the metrics endpoint has no authentication")
+    return value
+
+
+class MetricsConfig(_Strict):
+    """The Prometheus endpoint (``http://ADDRESS:PORT/metrics``), served by the daemon."""
+
+    enabled: bool = False
+    address: Annotated[str, BeforeValidator(check_loopback)] = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
 
 
 class HealerConfig(BaseSettings):
@@ -219,6 +240,7 @@ class HealerConfig(BaseSettings):
     control_group: str | None = None
     mqtt: MqttConfig | None = None  # telemetry (heartbeats, last wills, breakers); off when absent
     analysis: AnalysisConfig = AnalysisConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @classmethod
     def settings_customise_sources(

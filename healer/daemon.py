@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 
 from healer import __version__
-from healer.analyze.analyzer import AnalysisContext
 from healer.analyze.taxonomy import Taxonomy, load_taxonomy
 from healer.clock import Clock, SystemClock
 from healer.config import HealerConfig
@@ -34,7 +33,7 @@ from healer.knowledge.events import Event, RecordedEvent
 from healer.knowledge.events import EventType as T
 from healer.knowledge.projections import FleetState
 from healer.knowledge.store import SQLiteEventStore, rebuild_state
-from healer.loop import ControlLoop, Decider
+from healer.loop import ControlLoop, decider_for
 from healer.monitor.mqtt import MqttLink
 from healer.monitor.probes import ProbeRegistry
 from healer.monitor.scheduler import Monitor
@@ -70,6 +69,8 @@ class Daemon:
         self.loop: ControlLoop | None = None
         self.exit_code = 0
         self.last_reload_problems: list[str] = []
+        self.metrics: Any = None  # healer.metrics.Metrics when the endpoint is enabled
+        self._metrics_server: Any = None
 
     # -- control from outside -------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -124,18 +125,15 @@ class Daemon:
             self.state = state
             rebuilt = state.digest()
             commands = {n: c.command for n, c in cfg.components.items() if c.command is not None}
-            decider = Decider(
-                self.taxonomy,
-                policies,
-                {n: c.labels for n, c in cfg.components.items()},
-                frozenset(commands),
-                AnalysisContext.from_config(cfg, self.taxonomy),
-            )
+            decider = decider_for(cfg, policies, self.taxonomy)  # the same one replay builds
             executor: Executor | None = None
             link: MqttLink | None = None
+            metrics = self._start_metrics(state)
 
             def on_recorded(rec: RecordedEvent) -> None:
                 _log_event(rec)
+                if metrics is not None:
+                    metrics.on_recorded(rec)
                 if link is not None:
                     link.publish_event(rec)
                 if rec.type == T.INCIDENT_PLANNED and executor is not None:
@@ -180,6 +178,8 @@ class Daemon:
                         )
 
             loop = ControlLoop(store, state, decider, self.clock, on_recorded, on_store_health)
+            if metrics is not None:
+                loop.store = metrics.timed(store)  # append latency, measured at the one writer
             self.loop = loop
             registry = ProbeRegistry.discover()
 
@@ -279,12 +279,31 @@ class Daemon:
         finally:
             if control is not None:
                 await control.close()
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
+                self._metrics_server.server_close()
             self._remove_signals()
             if supervisor is not None:
                 supervisor.close()
             await http.aclose()
             await store.close()
         return self.exit_code
+
+    def _start_metrics(self, state: FleetState) -> Any:
+        cfg = self.config.metrics
+        if not cfg.enabled:
+            return None
+        from healer.errors import HealerError
+        from healer.metrics import Metrics
+
+        metrics = Metrics(self.config.state_dir)
+        metrics.prime(state)
+        try:
+            self._metrics_server = metrics.serve(cfg.address, cfg.port)
+        except OSError as exc:
+            raise HealerError(f"cannot serve metrics on {cfg.address}:{cfg.port}: {exc}") from exc
+        self.metrics = metrics
+        return metrics
 
     async def _recover(
         self, state: FleetState, supervisor: Supervisor, loop: ControlLoop, executor: Executor

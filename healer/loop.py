@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from healer.analyze.analyzer import AnalysisContext, analyze, analyze_batch, analyze_deadlines
 from healer.analyze.taxonomy import Taxonomy
 from healer.clock import Clock
+from healer.config import HealerConfig
 from healer.errors import StoreError
 from healer.knowledge.events import OBSERVATIONS, Event, RecordedEvent
 from healer.knowledge.projections import FleetState
@@ -239,7 +240,9 @@ class ControlLoop:
         return rec
 
     def _decide(self, event: Event, now: float, out: list[RecordedEvent]) -> None:
-        pending = [event]
+        # The input is stamped with the batch's ``now``: every event's ``ts`` is the time its
+        # decisions were made with, so replay re-derives ``now`` from the log alone, exactly.
+        pending = [Event(event.type, now, event.component, event.incident, event.data)]
         while pending:
             ev = pending.pop(0)
             rec = RecordedEvent(
@@ -256,3 +259,14 @@ class ControlLoop:
 
 def _unrecord(rec: RecordedEvent) -> Event:
     return Event(rec.type, rec.ts, rec.component, rec.incident, rec.data)
+
+
+def decider_for(config: HealerConfig, policies: PolicySet, taxonomy: Taxonomy) -> Decider:
+    """The Decider the daemon builds from ``config``: replay and backtest must decide alike."""
+    return Decider(
+        taxonomy,
+        policies,
+        {n: c.labels for n, c in config.components.items()},
+        frozenset(n for n, c in config.components.items() if c.command is not None),
+        AnalysisContext.from_config(config, taxonomy),
+    )

@@ -161,7 +161,20 @@ def describe(rec: RecordedEvent) -> str:
         return f"{inc}{who}: {d.get('reason') or 'root recovered; settling'}"
     if t == T.SYMPTOM_RELEASED:
         return f"{inc}{who}: {d.get('reason') or 'no longer a symptom'}"
-    return f"{inc}{who}: {t}"
+    # Event types without a case of their own still say what they carry.
+    summary = _data_summary(d)
+    return f"{inc}{who}: {t}" + (f" ({summary})" if summary else "")
+
+
+def _data_summary(d: Any, limit: int = 120) -> str:
+    parts = []
+    for key in sorted(d):
+        value = d[key]
+        if isinstance(value, dict | list):
+            continue  # nested detail belongs to `healer log -v`
+        parts.append(f"{key}={value}")
+    text = ", ".join(parts)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _probe_summary(d: Any) -> str:
