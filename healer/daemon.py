@@ -25,7 +25,7 @@ from healer.analyze.taxonomy import Taxonomy, load_taxonomy
 from healer.clock import Clock, SystemClock
 from healer.config import HealerConfig
 from healer.control import DaemonControl
-from healer.errors import PolicyError, StoreError
+from healer.errors import HealerError, PolicyError, StoreError
 from healer.execute.actuators import ActuatorServices
 from healer.execute.executor import Executor
 from healer.execute.registry import ActuatorRegistry
@@ -68,6 +68,7 @@ class Daemon:
         self.state: FleetState | None = None
         self.loop: ControlLoop | None = None
         self.exit_code = 0
+        self._task: asyncio.Task[int]
         self.last_reload_problems: list[str] = []
         self.metrics: Any = None  # healer.metrics.Metrics when the endpoint is enabled
         self._metrics_server: Any = None
@@ -78,6 +79,27 @@ class Daemon:
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
+
+    # -- as an async context manager: `async with Daemon(cfg) as d:` runs it in the background ------
+    async def __aenter__(self) -> Daemon:
+        """Start every stage and return once the daemon is ready (or raise why it could not start)."""
+        self._task = asyncio.create_task(self.run(), name="healer-daemon")
+        ready = asyncio.create_task(self._ready.wait())
+        await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if self._task.done():
+            ready.cancel()
+            self._task.result()  # raises what stopped start-up
+            raise HealerError("the daemon stopped during start-up")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Stop cleanly: in-flight actions finish or are recorded as interrupted."""
+        self.request_stop()
+        await self._task
+
+    async def wait_stopped(self) -> int:
+        """Until the daemon stops by itself (a signal): its exit code."""
+        return await asyncio.shield(self._task)
 
     def load_policies(self) -> PolicySet:
         return load_policies([self.config.policies_dir])
