@@ -57,6 +57,8 @@ def decision_of(etype: str, data: Mapping[str, Any], ts: float) -> dict[str, Any
 def decision_text(etype: str, data: Mapping[str, Any]) -> str:
     if etype == T.INCIDENT_ESCALATED:
         return f"escalate ({data.get('reason')})"
+    if etype == "incident.deferred":
+        return f"defer {data.get('strategy')} ({data.get('guardrail')}): {data.get('reason')}"
     if etype != T.INCIDENT_PLANNED:
         return f"{etype}: {data.get('reason')}"
     via = ", ".join(f"{a.get('actuator')}.{a.get('action')}" for a in data.get("actions") or [])
@@ -128,7 +130,7 @@ async def backtest(
                 trigger, new = pending.pop(iid)
                 _compare(report, state, trigger, new, ev)
             elif tick is not None:
-                _compare(report, state, ev, tick, ev)
+                _compare(report, state, ev, tick, ev, trigger_type="tick")
             continue
         state.apply(ev)
         if iid is None or ev.position <= since or ev.type not in planner.TRIGGERS:
@@ -152,6 +154,7 @@ def _compare(
     trigger: RecordedEvent,
     new: list[Event],
     old: RecordedEvent | None,
+    trigger_type: str | None = None,
 ) -> None:
     assert trigger.incident is not None
     if old is None and not new:
@@ -170,7 +173,7 @@ def _compare(
             component=trigger.component,
             failure_class=inc.failure_class if inc else None,
             position=trigger.position,
-            trigger=trigger.type,
+            trigger=trigger_type or trigger.type,
             recorded_position=old.position if old is not None else None,
             old=decision_text(old.type, old.data) if old is not None else NOTHING,
             new=decision_text(first.type, first.data) if first is not None else NOTHING,

@@ -22,7 +22,7 @@ from typing import Any
 
 from healer.analyze.analyzer import analyze_deadlines
 from healer.errors import HealerError, StoreError
-from healer.knowledge.events import Event, RecordedEvent
+from healer.knowledge.events import OBSERVATIONS, Event, RecordedEvent
 from healer.knowledge.events import EventType as T
 from healer.knowledge.projections import FleetState
 from healer.knowledge.store import DB_NAME, ensure_private_dir
@@ -103,7 +103,19 @@ def normalised(ev: Event | RecordedEvent, position: int | None = None) -> dict[s
 
 @dataclass
 class DecisionWalker:
-    """Folds the log into a snapshot while re-deciding every follow-up the loop decided.
+    """Folds the log into a snapshot while re-deciding every decision the loop made.
+
+    It mirrors ``ControlLoop._process``: a run of observations is applied, then decided on at
+    once (``Decider.observed``); any other input is decided on by itself (``follow_ups``); a tick
+    decides deadlines (``analyze_deadlines``) and then each incident ``Decider.due`` returns
+    (``revisit``). Every root a batch decides is followed by its whole subtree (first in, first
+    out) before the next root, as ``ControlLoop._decide`` does.
+
+    Batches and ticks are not logged, so the walker infers them. A run of observations ends at
+    the first event that is not an observation: its ``ts`` is the batch's ``now`` (a decision of
+    the run, or an input of the same batch, are stamped with it). Ticks are tried lazily: an event
+    no earlier event explains is checked against what a tick at its ``ts`` (the tick's ``now``,
+    stamped on its decisions) would decide first.
 
     ``feed`` returns the first divergence; after one, the walker's expectations are no longer
     meaningful and the caller stops.
@@ -113,61 +125,81 @@ class DecisionWalker:
     state: FleetState = field(default_factory=FleetState)
     check_policies: bool = True
     _expected: deque[tuple[Event, float]] = field(default_factory=deque)
-    _tick: Iterator[Event] | None = None
-    _tick_now: float = 0.0
+    _roots: Iterator[Event] | None = None  # the roots a batch decided that are still to come
+    _roots_from: str = ""  # what decided them, for the divergence's reason
+    _roots_now: float = 0.0
+    _run: list[RecordedEvent] = field(default_factory=list)  # observations not yet decided on
     decisions: int = 0
     inputs: int = 0
 
     def feed(self, rec: RecordedEvent) -> Divergence | None:
+        if self._run and rec.type not in OBSERVATIONS:
+            self._decide_run(rec.ts)
         if self._expected:
             want, now = self._expected.popleft()
             if not same(want, rec):
                 return self._diverged(rec, want, "the recorded decision differs from the one made now")
             self.decisions += 1
             return self._apply(rec, now)
-        if self._tick is not None:
-            # A tick in progress: its next root (decided against the state its previous roots
-            # left, as the loop does) must come before any new input.
-            root = self._next_tick_root()
+        if self._roots is not None:
+            # A batch's roots in progress: the next one (decided against the state its previous
+            # roots left, as the loop does) must come before any new input.
+            root = self._next_root()
             if root is not None:
                 if not same(root, rec):
-                    return self._diverged(rec, root, "a decision made on a deadline tick differs")
+                    return self._diverged(rec, root, f"a decision made on {self._roots_from} differs")
                 self.decisions += 1
-                return self._apply(rec, self._tick_now)
-        now = rec.ts  # the loop stamped this root with its batch's `now`
+                return self._apply(rec, self._roots_now)
+        if rec.type in OBSERVATIONS:
+            # Decided on with the rest of its run, once the run ends.
+            self.inputs += 1
+            return self._apply(rec, rec.ts, decide=False)
+        now = rec.ts  # the loop stamps every decision and every input with its batch's `now`
         # A root may be the first decision of a deadline tick (ticks themselves are not logged).
-        self._tick, self._tick_now = self._tick_roots(now), now
-        first = self._next_tick_root()
+        self._start_roots(self._tick_roots(now), "a deadline tick", now)
+        first = self._next_root()
         if first is not None and same(first, rec):
             self.decisions += 1
             return self._apply(rec, now)
-        self._tick = None
+        self._roots = None
         if rec.type in DECISION_ONLY:
+            if first is not None and (first.type, first.incident) == (rec.type, rec.incident):
+                return self._diverged(rec, first, "a decision made on a deadline tick differs")
             return self._diverged(rec, None, f"{rec.type} is recorded, but no event before it leads to it")
-        self.inputs += 1  # an observation, a step's intent or outcome, a daemon or recovery event
+        self.inputs += 1  # a step's intent or outcome, a daemon, control or recovery event
         return self._apply(rec, now)
+
+    def _decide_run(self, now: float) -> None:
+        """The run of observations just ended: its decisions (roots) come next."""
+        run, self._run = self._run, []
+        where = f"{run[0].position}" if len(run) == 1 else f"{run[0].position}-{run[-1].position}"
+        roots = self.decider.observed(self.state, run, now)
+        self._start_roots(iter(roots), f"the observations at log position {where}", now)
+
+    def _start_roots(self, roots: Iterator[Event], source: str, now: float) -> None:
+        self._roots, self._roots_from, self._roots_now = roots, source, now
 
     def _tick_roots(self, now: float) -> Iterator[Event]:
         """What ``ControlLoop._process`` decides on a tick, lazily, in the loop's order."""
-        yield from analyze_deadlines(self.state, now)
-        due = getattr(self.decider, "due", None)  # guardrail and approval deadlines, when planned
-        revisit = getattr(self.decider, "revisit", None)
-        if due is None or revisit is None:
-            return
-        for iid in due(self.state, now):
-            yield from revisit(self.state, iid, now)
+        yield from analyze_deadlines(self.state, now, self.decider.context())
+        for iid in self.decider.due(self.state, now):
+            yield from self.decider.revisit(self.state, iid, now)
 
-    def _next_tick_root(self) -> Event | None:
-        if self._tick is None:
+    def _next_root(self) -> Event | None:
+        if self._roots is None:
             return None
-        nxt = next(self._tick, None)
+        nxt = next(self._roots, None)
         if nxt is None:
-            self._tick = None
-        return nxt
+            self._roots = None
+            return None
+        # ``ControlLoop._decide`` stamps each root with the batch's ``now``.
+        return Event(nxt.type, self._roots_now, nxt.component, nxt.incident, nxt.data)
 
     def finish(self) -> Divergence | None:
         """The log must not end while decisions are still owed (batches are atomic)."""
-        want = self._expected[0][0] if self._expected else self._next_tick_root()
+        if self._run:
+            self._decide_run(self._run[-1].ts)
+        want = self._expected[0][0] if self._expected else self._next_root()
         if want is not None:
             return Divergence(
                 self.state.position + 1,
@@ -177,7 +209,7 @@ class DecisionWalker:
             )
         return None
 
-    def _apply(self, rec: RecordedEvent, now: float) -> Divergence | None:
+    def _apply(self, rec: RecordedEvent, now: float, decide: bool = True) -> Divergence | None:
         before = self.state.digest() if rec.type in (T.DAEMON_STARTED, T.DAEMON_STOPPED) else None
         if before is not None:
             key = "rebuilt_digest" if rec.type == T.DAEMON_STARTED else "digest"
@@ -199,6 +231,9 @@ class DecisionWalker:
                     f"files given now (hash {have}); verify with the policies of that time",
                 )
         self.state.apply(rec)
+        if not decide:
+            self._run.append(rec)
+            return None
         follow = self.decider.follow_ups(self.state, rec, now)
         self._expected.extend((ev, now) for ev in follow)
         return None

@@ -6,7 +6,7 @@ and the step events the executor would record — each at a fixed time of a manu
 same script therefore always yields the same log, byte for byte.
 
 Story: agent-a is killed (SIGKILL); the first restart dies during verification (exit 3); the
-second restart, after its cooldown, comes up healthy. Meanwhile agent-b hangs and is
+second restart, planned on a tick once its cooldown is over, comes up healthy. Meanwhile agent-b hangs and is
 restarted once. Incident 1 is agent-a's, incident 2 agent-b's.
 """
 
@@ -102,6 +102,11 @@ async def record(base: Path) -> Path:
         rec = await loop.record(Event(etype, clock.wall(), component, incident, data))
         assert rec is not None
 
+    async def tick(t: float) -> None:
+        clock.advance(T0 + t - clock.wall())
+        loop.tick()
+        await loop.flush()
+
     def step_data(incident: int, attempt: int) -> dict[str, Any]:
         key = f"incident-{incident}/step-0/attempt-{attempt}"
         return {
@@ -144,7 +149,9 @@ async def record(base: Path) -> Path:
             10.35, T.STEP_SUCCEEDED, "agent-a", 1, **step_data(1, 1), result={"pid": 101}, duration_s=0.3
         )
         await at(10.9, T.PROCESS_EXITED, "agent-a", pid=101, exit_code=3, expected=False)
-        # the second attempt waits for its cooldown (1 s after the first action)
+        # the second attempt waits for its cooldown (1 s after the first action): Plan records
+        # incident.deferred, and the daemon's timer ticks the loop just after the allowed time
+        await tick(11.06)
         await at(11.1, T.STEP_STARTED, "agent-a", 1, **step_data(1, 2))
         await at(11.4, T.PROCESS_STARTED, "agent-a", pid=102, create_time=T0 + 11.4, restart=True)
         await at(

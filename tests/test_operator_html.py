@@ -104,9 +104,19 @@ def test_html_postmortem_renders_offline_in_chromium(tmp_path: Path) -> None:
     rendered = dom.stdout
     assert "<svg" in rendered and 'aria-label="incident timeline"' in rendered
     phases = re.findall(r'class="phase phase-(\w+)"', rendered)
-    assert phases[:7] == ["planned", "acting", "verifying", "planned", "acting", "verifying", "resolved"]
-    assert {"down", "starting", "healthy"} <= set(phases[7:]), "agent-a's health row"
-    assert len(re.findall(r'<line class="event"', rendered)) == 16, "one marker per timeline event"
+    # the second attempt waited for its cooldown (incident.deferred) until a tick planned it
+    assert phases[:8] == [
+        "planned",
+        "acting",
+        "verifying",
+        "deferred",
+        "planned",
+        "acting",
+        "verifying",
+        "resolved",
+    ]
+    assert {"down", "starting", "healthy"} <= set(phases[8:]), "agent-a's health row"
+    assert len(re.findall(r'<line class="event"', rendered)) == 17, "one marker per timeline event"
 
     # the check itself sees requests: a control page that loads two external resources
     control = tmp_path / "control.html"

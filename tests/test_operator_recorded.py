@@ -22,6 +22,7 @@ import pytest
 from healer.knowledge.events import Event, RecordedEvent
 from healer.knowledge.store import SQLiteEventStore
 from healer.logview import Since, parse_since, position_before
+from healer.plan.policy import load_policies
 from healer.report import postmortem
 from healer.report.explain import explain
 from healer.report.formats import render
@@ -39,10 +40,18 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield base
 
 
+POLICIES_HASH = "<POLICIES_HASH>"
+
+
 def cli(base: Path, *args: str) -> str:
+    """The command's output with the fixture's directory and the policy set's hash as placeholders.
+
+    The set's hash covers the policy files' paths, which are under a fresh temporary directory on
+    every run; only that exact hash is replaced, so a different one still shows in the diff.
+    """
     out = healer_cli(*args)
     assert out.returncode == 0, out.stderr
-    return out.stdout.replace(str(base), BASE)
+    return out.stdout.replace(str(base), BASE).replace(load_policies([base / "policies"]).hash, POLICIES_HASH)
 
 
 def golden(name: str, text: str) -> None:
@@ -96,11 +105,13 @@ def test_postmortem_content(recorded: Path) -> None:
         17,
         18,
         19,
-        24,
+        20,
         25,
         26,
+        27,
     ]
     assert doc["timeline"][0]["t"] == 0.0 and doc["timeline"][-1]["t"] == 2.5
+    # #16 is the cooldown's incident.deferred, #17 the plan a tick made once it was over
     assert [(a["attempt"], a["outcome"]) for a in doc["actions"]] == [(1, "succeeded"), (2, "succeeded")]
     assert doc["objectives"]["rto"] == {"achieved_s": 2.5, "target_s": 5.0, "met": True}
     assert doc["objectives"]["rpo"]["achieved_s"] is None and doc["objectives"]["rpo"]["target_s"] == 60.0
@@ -113,6 +124,7 @@ def test_postmortem_content(recorded: Path) -> None:
         "planned",
         "acting",
         "verifying",
+        "deferred",
         "planned",
         "acting",
         "verifying",
@@ -156,8 +168,17 @@ def test_log_verbose_explains_each_decision_golden(recorded: Path) -> None:
 def test_decision_entries_carry_their_explanation(recorded: Path) -> None:
     lines = cli(recorded, "log", "--state-dir", str(recorded / "state"), "--json", "-v").splitlines()
     by_pos = {d["position"]: d for d in map(json.loads, lines)}
-    assert sorted(by_pos) == list(range(1, 35))
-    second = by_pos[16]["explain"]  # the second restart of agent-a, after a failed verification
+    assert sorted(by_pos) == list(range(1, 36))
+    # the second restart of agent-a, after a failed verification: first held back by its cooldown
+    # (#16 incident.deferred), then planned by the tick after the cooldown (#17)
+    deferred = by_pos[16]["explain"]
+    g = deferred["guardrails"]
+    assert g["guardrail"] == "cooldown"
+    assert (g["attempts_used"], g["cooldown_s"], g["wait_s"]) == (1, 1.0, 0.15)
+    assert g["next_allowed"] == "2026-01-01T00:00:11.050+00:00"
+    assert g["attempts_by_step"] == {"0": 1}
+    assert deferred["decision"]["policy"] == "restart-then-escalate" and "details" not in deferred
+    second = by_pos[17]["explain"]
     assert second["evidence"]["signal"] == "SIGKILL" and second["evidence"]["process_alive"] is False
     assert second["diagnosis"] == {"failure_class": "crash", "root_cause": "agent-a", "symptoms": []}
     assert second["decision"]["policy"] == "restart-then-escalate" and second["decision"]["step"] == 0
@@ -166,8 +187,8 @@ def test_decision_entries_carry_their_explanation(recorded: Path) -> None:
 
     assert second["decision"]["policy_hash"] == hashlib.sha256(POLICY.encode()).hexdigest()[:16]
     g = second["guardrails"]
-    assert (g["attempts_used"], g["max_attempts"], g["cooldown_s"], g["wait_s"]) == (1, 3, 1.0, 0.15)
-    assert g["next_allowed"] == "2026-01-01T00:00:11.050+00:00"
+    assert (g["attempts_used"], g["max_attempts"], g["cooldown_s"], g["wait_s"]) == (1, 3, 1.0, 0.0)
+    assert g["next_allowed"] == "2026-01-01T00:00:11.060+00:00"
     assert g["attempts_by_step"] == {"0": 1}
     assert second["rejected"] == [
         {
@@ -176,7 +197,7 @@ def test_decision_entries_carry_their_explanation(recorded: Path) -> None:
             "reason": "component 'agent-a' not in ['db-*']",
         }
     ]
-    failed = by_pos[20]["explain"]["evidence"]  # agent-b's probes at the transition
+    failed = by_pos[21]["explain"]["evidence"]  # agent-b's probes at the transition
     assert failed["http#1"] == {"status": "failing", "type": "http", "detail": "timed out after 0.3s"}
     assert failed["failing"] == ["http#1"]
     assert by_pos[15]["level"] == "warning" and "explain" in by_pos[15]
@@ -189,14 +210,14 @@ def test_log_filters(recorded: Path) -> None:
         out = cli(recorded, "log", "--state-dir", state, "--json", *args)
         return [json.loads(line)["position"] for line in out.splitlines()]
 
-    assert positions("--component", "agent-b") == [4, 6, 20, 21, 22, 23, 27, 28, 29, 30, 31, 32, 33]
-    assert positions("--incident", "2") == [21, 22, 23, 27, 30, 32, 33]
-    assert positions("--level", "warning") == [7, 8, 14, 15, 20, 21]
+    assert positions("--component", "agent-b") == [4, 6, 21, 22, 23, 24, 28, 29, 30, 31, 32, 33, 34]
+    assert positions("--incident", "2") == [22, 23, 24, 28, 31, 33, 34]
+    assert positions("--level", "warning") == [7, 8, 14, 15, 16, 21, 22]
     assert positions("--level", "error") == []
-    assert positions("--since", "30") == [31, 32, 33, 34]
-    assert positions("--since", "2026-01-01T00:00:14Z") == [31, 32, 33, 34]
-    assert positions("--since", "2026-01-01T00:00:13.999") == [31, 32, 33, 34]  # no zone: UTC, like the log
-    assert positions("-n", "2") == [33, 34]
+    assert positions("--since", "30") == [31, 32, 33, 34, 35]
+    assert positions("--since", "2026-01-01T00:00:14Z") == [32, 33, 34, 35]
+    assert positions("--since", "2026-01-01T00:00:13.999") == [32, 33, 34, 35]  # no zone: UTC, like the log
+    assert positions("-n", "2") == [34, 35]
     assert positions("--since", "1m") == [], "everything in this log is older than a minute"
     bad = healer_cli("log", "--state-dir", state, "--since", "yesterday")
     assert bad.returncode == 1 and "expected a log position" in bad.stderr
@@ -216,7 +237,7 @@ def test_since_parsing_and_time_lookup(recorded: Path) -> None:
         finally:
             await store.close()
 
-    assert asyncio.run(lookups()) == [0, 0, 6, 13, 26, 34]
+    assert asyncio.run(lookups()) == [0, 0, 6, 13, 27, 35]
 
 
 # -- replay ------------------------------------------------------------------------------------------
@@ -228,7 +249,7 @@ def test_replay_rebuilds_projections_into_a_scratch_store(recorded: Path, tmp_pa
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     stopped = rows(recorded / "state")[-1]
-    assert report["events"] == 34 and report["digest"] == stopped.data["digest"]
+    assert report["events"] == 35 and report["digest"] == stopped.data["digest"]
     assert report["verified"] is None
     conn = sqlite3.connect(scratch)
     names = dict(conn.execute("SELECT name, COUNT(*) FROM projections GROUP BY name").fetchall())
@@ -244,12 +265,13 @@ def test_replay_rebuilds_projections_into_a_scratch_store(recorded: Path, tmp_pa
 def test_replay_verify_passes_and_names_a_tampered_decision(recorded: Path, tmp_path: Path) -> None:
     ok = healer_cli("replay", "-c", str(recorded / "healer.yaml"), "--verify")
     assert ok.returncode == 0, ok.stderr
-    assert "verified: 12 decisions re-made identically" in ok.stdout
+    assert "verified: 13 decisions re-made identically" in ok.stdout
 
-    copy = tamper_copy(recorded, tmp_path, 16, lambda d: {**d, "max_attempts": 4})
+    # #17: the second restart of agent-a, planned by the tick after its cooldown
+    copy = tamper_copy(recorded, tmp_path, 17, lambda d: {**d, "max_attempts": 4})
     bad = healer_cli("replay", "-c", str(copy), "--verify")
     assert bad.returncode == 1, bad.stdout + bad.stderr
-    assert "nondeterminism at log position 16" in bad.stderr
+    assert "nondeterminism at log position 17: a decision made on a deadline tick differs" in bad.stderr
     assert '"max_attempts": 4' in bad.stderr and '"max_attempts": 3' in bad.stderr
 
 
@@ -301,15 +323,20 @@ def test_backtest_on_the_recorded_incidents(recorded: Path, tmp_path: Path) -> N
     )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    # only the second restart of agent-a changes: with one attempt allowed, it escalates
-    assert report["incidents_changed"] == [1] and report["decisions_examined"] == 3
-    [change] = report["changes"]
-    assert (change["position"], change["recorded_position"]) == (15, 16)
-    assert change["old"].startswith("restart attempt 2/3") and change["new"].startswith("escalate")
+    # only the second restart of agent-a changes: with one attempt allowed, it escalates. It is
+    # two decisions in the log: the cooldown's deferral after the failed verification (#15 -> #16)
+    # and the plan the tick made once the cooldown was over (#17); each is judged on the recorded
+    # history, so both change.
+    assert report["incidents_changed"] == [1] and report["decisions_examined"] == 4
+    deferral, tick = report["changes"]
+    assert (deferral["position"], deferral["recorded_position"]) == (15, 16)
+    assert deferral["old"].startswith("defer restart (cooldown)") and deferral["new"].startswith("escalate")
+    assert (tick["position"], tick["recorded_position"], tick["trigger"]) == (17, 17, "tick")
+    assert tick["old"].startswith("restart attempt 2/3") and tick["new"].startswith("escalate")
     same = healer_cli(
         "policy", "backtest", "-c", str(recorded / "healer.yaml"), "--policies", str(recorded / "policies")
     )
-    assert "summary: 0 of 3 decisions would change, in 0 of 2 incidents" in same.stdout
+    assert "summary: 0 of 4 decisions would change, in 0 of 2 incidents" in same.stdout
 
 
 # -- generic rendering of event families other issues add -----------------------------------------------
@@ -363,11 +390,30 @@ def test_status_shows_generic_families(tmp_path: Path) -> None:
             [
                 Event("process.started", T0, "agent-a", None, {"pid": 10}),
                 Event("component.failed", T0 + 1, "agent-a", None, {"failing": ["http#1"], "probes": {}}),
+                # Plan's schemas (healer/control.py, healer/plan/planner.py)
                 Event("approval.requested", T0 + 2, "agent-a", 1, {"approval": 1, "deadline": T0 + 60}),
                 Event("approval.requested", T0 + 2, "agent-b", 2, {"approval": 2, "deadline": T0 + 60}),
-                Event("approval.granted", T0 + 3, "agent-b", 2, {"approval": 2, "by": {"user": "ops"}}),
-                Event("silence.created", T0, "agent-c", None, {"id": "s1", "until": 4_102_444_800.0}),
-                Event("silence.created", T0, "agent-d", None, {"id": "s2", "until": T0 + 1}),
+                Event(
+                    "approval.granted",
+                    T0 + 3,
+                    "agent-b",
+                    2,
+                    {"approval": 2, "outcome": "granted", "by": {"user": "ops"}},
+                ),
+                Event(
+                    "silence.created",
+                    T0,
+                    "agent-c",
+                    None,
+                    {"silence": 1, "component": "agent-c", "until": 4_102_444_800.0, "by": {"user": "ops"}},
+                ),
+                Event(
+                    "silence.created",
+                    T0,
+                    "agent-d",
+                    None,
+                    {"silence": 2, "component": "agent-d", "until": T0 + 1, "by": {"user": "ops"}},
+                ),
                 Event("breaker.transitioned", T0, "agent-a", None, {"dependency": "llm", "state": "open"}),
             ]
         )
@@ -380,7 +426,7 @@ def test_status_shows_generic_families(tmp_path: Path) -> None:
     assert doc["components"]["agent-a"]["health"] == "failing"
     assert doc["components"]["agent-a"]["failing_probes"] == ["http#1"]
     assert [a["key"] for a in doc["pending_approvals"]] == ["agent-a/1"]
-    assert [s["key"] for s in doc["silences"]] == ["agent-c/s1"], "the expired silence is not shown"
+    assert [s["key"] for s in doc["silences"]] == ["agent-c/1"], "the expired silence is not shown"
     assert [(b["key"], b["state"]) for b in doc["breakers"]] == [("agent-a/llm", "open")]
     table = healer_cli("status", "--state-dir", str(tmp_path / "state"))
     assert (

@@ -114,6 +114,9 @@ def explain(rec: RecordedEvent, inc: IncidentView | None = None) -> dict[str, An
     if d.get("rejected"):
         out["rejected"] = [dict(r) for r in d["rejected"]]
     used.add("rejected")
+    if d.get("skipped"):  # policy steps Plan passed over (attempts used up), with why
+        out["skipped"] = [dict(r) if isinstance(r, Mapping) else r for r in d["skipped"]]
+    used.add("skipped")
 
     guard = _guardrails(rec, inc)
     for key in _GENERIC_GUARDRAIL_KEYS:
@@ -122,8 +125,10 @@ def explain(rec: RecordedEvent, inc: IncidentView | None = None) -> dict[str, An
     if guard:
         out["guardrails"] = guard
     used |= set(_GUARDRAIL_KEYS) | set(_GENERIC_GUARDRAIL_KEYS)
+    if rec.type == T.INCIDENT_DEFERRED:
+        used.add("state")
 
-    approval = {k: d[k] for k in _APPROVAL_KEYS if k in d}
+    approval = {k: d[k] for k in _APPROVAL_KEYS if k in d and d[k] is not None}
     if "deadline" in approval and isinstance(approval["deadline"], int | float):
         approval["deadline_iso"] = iso(float(approval["deadline"]))
     if approval:
@@ -189,7 +194,25 @@ def _guardrails(rec: RecordedEvent, inc: IncidentView | None) -> dict[str, Any]:
         if isinstance(nb, int | float):
             guard["next_allowed"] = iso(float(nb))
             guard["wait_s"] = round(max(0.0, float(nb) - rec.ts), 3)
-    if inc is not None and (rec.type in (T.INCIDENT_PLANNED, T.INCIDENT_ESCALATED)) and inc.attempts:
+    elif rec.type == T.INCIDENT_DEFERRED:
+        # Plan's deferral: the blocking guardrail's own state (cooldown: attempts used, delay).
+        raw = d.get("state")
+        st: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+        if isinstance(st.get("attempts_used"), int):
+            guard["attempts_used"] = st["attempts_used"]
+        if d.get("guardrail") == "cooldown" and isinstance(st.get("delay"), int | float):
+            guard["cooldown_s"] = st["delay"]
+        if st:
+            guard["state"] = dict(st)
+        nb = d.get("next_allowed_at")
+        if isinstance(nb, int | float):
+            guard["next_allowed"] = iso(float(nb))
+            guard["wait_s"] = round(max(0.0, float(nb) - rec.ts), 3)
+    if (
+        inc is not None
+        and rec.type in (T.INCIDENT_PLANNED, T.INCIDENT_ESCALATED, T.INCIDENT_DEFERRED)
+        and inc.attempts
+    ):
         guard["attempts_by_step"] = {str(k): v for k, v in sorted(inc.attempts.items())}
     return guard
 

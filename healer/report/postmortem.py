@@ -245,9 +245,27 @@ def _approvals(events: Sequence[RecordedEvent], t0: float) -> list[dict[str, Any
 
 def _guardrails(events: Sequence[RecordedEvent], inc: IncidentView, t0: float) -> dict[str, Any]:
     waits = []
-    for ev in events:
+    for i, ev in enumerate(events):
         nb = ev.data.get("not_before")
-        if ev.type == T.INCIDENT_PLANNED and isinstance(nb, int | float):
+        if ev.type == T.INCIDENT_DEFERRED and ev.data.get("guardrail") == "cooldown":
+            # Plan held the attempt back; the tick after ``next_allowed_at`` planned it.
+            st = ev.data.get("state") or {}
+            at = ev.data.get("next_allowed_at")
+            used = st.get("attempts_used")
+            planned = next((e for e in events[i + 1 :] if e.type == T.INCIDENT_PLANNED), None)
+            same_step = planned is not None and planned.data.get("step") == ev.data.get("step")
+            waits.append(
+                {
+                    "position": ev.position,
+                    "attempt": used + 1 if isinstance(used, int) else None,
+                    "max_attempts": planned.data.get("max_attempts") if same_step and planned else None,
+                    "cooldown_s": st.get("delay"),
+                    "waited_s": round(max(0.0, float(at) - ev.ts), 3)
+                    if isinstance(at, int | float)
+                    else None,
+                }
+            )
+        elif ev.type == T.INCIDENT_PLANNED and isinstance(nb, int | float):
             waits.append(
                 {
                     "position": ev.position,

@@ -57,7 +57,8 @@ class Families:
                         "type": ev.type,
                         "position": ev.position,
                         "at": iso(ev.ts),
-                        "component": ev.component,
+                        # a silence on a pattern ("agent-*") names it in its data only
+                        "component": ev.component or ev.data.get("component"),
                         "incident": ev.incident,
                         "state": ev.data.get("state"),
                         "text": describe(ev),
@@ -71,7 +72,7 @@ class Families:
 def _key(family: str, ev: RecordedEvent) -> str:
     if family == "budget":
         return "fleet"
-    for k in ("approval", "approval_id", "silence_id", "breaker", "dependency", "id", "name"):
+    for k in ("approval", "approval_id", "silence", "silence_id", "breaker", "dependency", "id", "name"):
         if ev.data.get(k) is not None:
             return f"{ev.component or '-'}/{ev.data[k]}"
     return f"{ev.component or '-'}/{ev.incident if ev.incident is not None else '-'}"

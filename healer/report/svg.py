@@ -15,6 +15,8 @@ COLORS = {
     "detected": "#f59e0b",
     "diagnosed": "#fcd34d",
     "planned": "#93c5fd",
+    "deferred": "#fde68a",  # held back by a guardrail (cooldown, budget, silence, window)
+    "awaiting_approval": "#fdba74",
     "acting": "#2563eb",
     "verifying": "#a78bfa",
     "resolved": "#16a34a",
@@ -25,6 +27,7 @@ COLORS = {
     "starting": "#9ca3af",
     "unknown": "#d1d5db",
 }
+OTHER = "#e5e7eb"
 LEVEL_COLORS = {"error": "#dc2626", "warning": "#d97706", "info": "#2563eb", "debug": "#6b7280"}
 
 WIDTH = 960
@@ -57,7 +60,12 @@ def timeline_svg(rows: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str
 
     n_rows = len(rows) + 1  # + the events row
     legend_y = TOP + n_rows * (ROW_H + GAP) + 16
-    used = sorted({s["phase"] for r in rows for s in r["segments"]}, key=list(COLORS).index)
+    order = list(COLORS)
+    # A phase this chart has no colour for yet is drawn in grey, after the known ones.
+    used = sorted(
+        {s["phase"] for r in rows for s in r["segments"]},
+        key=lambda p: (order.index(p) if p in COLORS else len(order), p),
+    )
     height = legend_y + 24 * (1 + len(used) // 6) + 8
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
@@ -81,7 +89,7 @@ def timeline_svg(rows: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str
         for seg in row["segments"]:
             x0, x1 = x(seg["start"]), x(seg["end"])
             w = max(x1 - x0, 2.0)  # an instant still shows
-            color = COLORS.get(seg["phase"], "#6b7280")
+            color = COLORS.get(seg["phase"], OTHER)
             tip = f"{row['row']}: {seg['phase']} {_num(seg['start'])} to {_num(seg['end'])} s"
             out.append(
                 f'<rect class="phase phase-{escape(seg["phase"])}" x="{x0}" y="{y}" width="{round(w, 2)}" '
@@ -102,7 +110,8 @@ def timeline_svg(rows: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str
     for i, phase in enumerate(used):
         lx = LABEL_W + (i % 6) * 130
         ly = legend_y + (i // 6) * 24
-        out.append(f'<rect x="{lx}" y="{ly - 10}" width="14" height="14" rx="2" fill="{COLORS[phase]}"/>')
+        swatch = COLORS.get(phase, OTHER)
+        out.append(f'<rect x="{lx}" y="{ly - 10}" width="14" height="14" rx="2" fill="{swatch}"/>')
         out.append(f'<text x="{lx + 20}" y="{ly + 1}" fill="#374151">{escape(phase)}</text>')
     out.append("</svg>")
     return "\n".join(out)
