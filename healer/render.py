@@ -23,6 +23,7 @@ LEVELS: dict[str, str] = {
     T.COMPONENT_BECAME_UNKNOWN: "warning",
     T.MQTT_DISCONNECTED: "warning",
     T.TELEMETRY_DROPPED: "warning",
+    T.DRILL_FAULT_INJECTED: "warning",
 }
 
 STYLES = {"error": "bold red", "warning": "yellow", "info": "green", "debug": "dim"}
@@ -154,6 +155,19 @@ def describe(rec: RecordedEvent) -> str:
     if t == T.TELEMETRY_DROPPED:
         counts = ", ".join(f"{k} {v}" for k, v in dict(d.get("dropped", {})).items())
         return f"dropped bad telemetry: {counts} (of {d.get('received')} received)"
+    if t == T.DRILL_STARTED:
+        radius = ", ".join(d.get("radius", []))
+        return f"DRILL {d.get('drill')} {d.get('name')!r} started: blast radius {radius}"
+    if t in (T.DRILL_FAULT_INJECTED, T.DRILL_FAULT_REVERTED):
+        f = d.get("fault") or {}
+        verb = "injected" if t == T.DRILL_FAULT_INJECTED else "reverted"
+        detail = f" ({f['detail']})" if f.get("detail") else ""
+        return f"DRILL {d.get('drill')}: {who}: fault {f.get('kind')} {verb}{detail}"
+    if t == T.DRILL_FINISHED:
+        why = "; ".join(d.get("reasons", [])[:3])
+        return f"DRILL {d.get('drill')} {d.get('name')!r} {str(d.get('verdict')).upper()}" + (
+            f": {why}" if why else ""
+        )
     return f"{inc}{who}: {t}"
 
 

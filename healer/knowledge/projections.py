@@ -103,6 +103,8 @@ class IncidentView:
     deferred: dict[str, Any] | None = None  # the guardrail holding the next step back, while it does
     last_failure: str | None = None  # why the latest attempt did not work (for the chain's reasons)
     approvals: list[int] = field(default_factory=list)
+    # The DR drill whose window and blast radius this incident was detected in (None: a real one).
+    drill: int | None = None
 
     @property
     def is_open(self) -> bool:
@@ -150,6 +152,26 @@ class SilenceView:
 
 
 @dataclass
+class DrillView:
+    """A DR drill run by ``healer drill``: its blast radius and what it did, as recorded."""
+
+    id: int
+    name: str
+    started_at: float
+    radius: list[str]  # the components the drill may touch
+    deadline: float  # after this the drill counts as over even if its end was never recorded
+    by: dict[str, Any] = field(default_factory=dict)
+    faults: list[dict[str, Any]] = field(default_factory=list)  # injected / reverted, in order
+    finished_at: float | None = None
+    verdict: str | None = None  # passed | failed | aborted
+    reasons: list[str] = field(default_factory=list)
+    incidents: list[int] = field(default_factory=list)
+
+    def active(self, ts: float) -> bool:
+        return self.finished_at is None and self.started_at <= ts <= self.deadline
+
+
+@dataclass
 class FleetState:
     components: dict[str, ComponentView] = field(default_factory=dict)
     incidents: dict[int, IncidentView] = field(default_factory=dict)
@@ -167,6 +189,8 @@ class FleetState:
     # Monitor's telemetry link: bad input dropped per reason (cumulative), the broker link's state
     telemetry_dropped: dict[str, int] = field(default_factory=dict)
     mqtt: dict[str, Any] | None = None  # {"state": connected|disconnected, "since": ts, ...}
+    drills: dict[int, DrillView] = field(default_factory=dict)
+    next_drill: int = 1
 
     # -- reading helpers (used by the pure Analyze and Plan stages) -----------------------
     def component(self, name: str) -> ComponentView:
@@ -213,6 +237,7 @@ class FleetState:
             "next_approval": self.next_approval,
             "next_silence": self.next_silence,
             "plan_times": list(self.plan_times),
+            "drills": {str(k): asdict(v) for k, v in sorted(self.drills.items())},
         }
 
     def digest(self) -> str:
@@ -281,6 +306,7 @@ def _incident_detected(s: FleetState, ev: RecordedEvent) -> None:
     s.active_incident[ev.component] = ev.incident
     s.next_incident = max(s.next_incident, ev.incident + 1)
     _bounded_append(s._comp(ev).incident_ids, ev.incident)
+    _mark_drill_incident(s, s.incidents[ev.incident], ev.ts)
 
 
 def _incident_diagnosed(s: FleetState, ev: RecordedEvent) -> None:
@@ -569,6 +595,44 @@ def _silence_expired(s: FleetState, ev: RecordedEvent) -> None:
         sil.expired_by = ev.data.get("by")
 
 
+def _mark_drill_incident(s: FleetState, inc: IncidentView, ts: float) -> None:
+    # Newest drill first: with overlapping drills the incident belongs to the latest that covers it.
+    for drill in sorted(s.drills.values(), key=lambda d: -d.id):
+        if drill.active(ts) and inc.component in drill.radius:
+            inc.drill = drill.id
+            _bounded_append(drill.incidents, inc.id)
+            return
+
+
+def _drill_started(s: FleetState, ev: RecordedEvent) -> None:
+    d = ev.data
+    did = int(d.get("drill", 0))
+    s.drills[did] = DrillView(
+        id=did,
+        name=str(d.get("name", "")),
+        started_at=ev.ts,
+        radius=[str(c) for c in d.get("radius", [])],
+        deadline=float(d.get("deadline", ev.ts)),
+        by=dict(d.get("by") or {}),
+    )
+    s.next_drill = max(s.next_drill, did + 1)
+
+
+def _drill_fault(s: FleetState, ev: RecordedEvent) -> None:
+    drill = s.drills.get(int(ev.data.get("drill", 0)))
+    if drill is not None:
+        phase = "injected" if ev.type == T.DRILL_FAULT_INJECTED else "reverted"
+        _bounded_append(drill.faults, {"phase": phase, "at": ev.ts, **dict(ev.data.get("fault") or {})})
+
+
+def _drill_finished(s: FleetState, ev: RecordedEvent) -> None:
+    drill = s.drills.get(int(ev.data.get("drill", 0)))
+    if drill is not None and drill.finished_at is None:
+        drill.finished_at = ev.ts
+        drill.verdict = ev.data.get("verdict")
+        drill.reasons = [str(r) for r in ev.data.get("reasons", [])]
+
+
 _HANDLERS: dict[str, Callable[[FleetState, RecordedEvent], None]] = {
     T.PROCESS_STARTED: _process_started,
     T.PROCESS_ADOPTED: _process_started,
@@ -608,4 +672,8 @@ _HANDLERS: dict[str, Callable[[FleetState, RecordedEvent], None]] = {
     T.MQTT_CONNECTED: _mqtt_link,
     T.MQTT_DISCONNECTED: _mqtt_link,
     T.DAEMON_STARTED: _daemon_started_mqtt,
+    T.DRILL_STARTED: _drill_started,
+    T.DRILL_FAULT_INJECTED: _drill_fault,
+    T.DRILL_FAULT_REVERTED: _drill_fault,
+    T.DRILL_FINISHED: _drill_finished,
 }
