@@ -65,7 +65,11 @@ async def _start(
     if unknown:
         raise DrillControlError(f"blast radius names unknown components: {', '.join(unknown)}")
     duration = req.get("duration")
-    if isinstance(duration, bool) or not isinstance(duration, int | float) or not 0 < duration <= MAX_DURATION:
+    if (
+        isinstance(duration, bool)
+        or not isinstance(duration, int | float)
+        or not 0 < duration <= MAX_DURATION
+    ):
         raise DrillControlError(f"a drill lasts more than 0s and at most {MAX_DURATION:g}s")
     did = state.next_drill
     now = clock.wall()
@@ -95,7 +99,8 @@ async def _fault(req: dict[str, Any], loop: ControlLoop, state: FleetState, cloc
     if not isinstance(fault, dict):
         raise DrillControlError("fault: expected an object")
     target = fault.get("target")
-    if not isinstance(target, str) or target not in drill.radius:
+    # A fleet-wide fault (the broker) has no target; a targeted one stays inside the radius.
+    if target is not None and (not isinstance(target, str) or target not in drill.radius):
         raise DrillControlError(f"fault target {target!r} is outside drill {did}'s blast radius")
     if phase == "injected" and drill.finished_at is not None:
         raise DrillControlError(f"drill {did} is finished: no more faults")
