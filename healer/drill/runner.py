@@ -160,7 +160,11 @@ class Runner:
 
     def observe(self, rec: RecordedEvent) -> None:
         comp = rec.component
-        if rec.type == T.COMPONENT_FAILED and comp is not None and comp not in self.radius:
+        outside = comp is not None and comp not in self.radius and comp in self.config.components
+        unhealthy = rec.type in (T.COMPONENT_FAILED, T.INCIDENT_DETECTED) or (
+            rec.type == T.PROCESS_EXITED and not rec.data.get("expected")
+        )
+        if outside and unhealthy and comp is not None:
             self.outside_failures.append(comp)
             if self.drill.spec.blast_radius.abort_on_outside_failure:
                 self.abort(f"{comp}, outside the blast radius, turned unhealthy (event #{rec.position})")
