@@ -265,7 +265,7 @@ def test_sigint_reverts_every_fault(own_fleet: Path, tmp_path: Path) -> None:
             proc.kill()
     assert proc.returncode == 130, out
     assert planner.status() != psutil.STATUS_STOPPED  # the SIGSTOPped process resumed
-    gone, alive = psutil.wait_procs(hogs, timeout=5)
+    _gone, alive = psutil.wait_procs(hogs, timeout=5)
     assert not alive
     reverted = events(state, "drill.fault_reverted")
     assert sorted(e["data"]["fault"]["kind"] for e in reverted) == ["cpu_pressure", "hang"]
