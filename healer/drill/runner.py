@@ -25,7 +25,7 @@ from typing import Any
 
 from healer.config import HealerConfig
 from healer.control import ControlError, request, socket_path
-from healer.drill.faults import FaultContext, FaultError, fault_kinds
+from healer.drill.faults import FaultContext, fault_kinds
 from healer.drill.report import write_report
 from healer.drill.spec import Drill, expects_recovery, load_drill
 from healer.errors import HealerError
@@ -343,7 +343,7 @@ class Runner:
         run.position = int(ping["position"])
         try:
             run.inject_detail = await asyncio.to_thread(run.fault.inject)
-        except (FaultError, OSError, Exception) as exc:
+        except Exception as exc:  # any failure to inject aborts the drill (and reverts the rest)
             run.status = "failed"
             run.error = f"could not inject: {exc}"
             self.abort(f"fault {run.index} ({run.kind} on {run.target}) could not be injected: {exc}")
