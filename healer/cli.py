@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     from healer.cli_plugins import add_parser as add_plugins_parser
 
     add_plugins_parser(sub)
+
+    from healer.drill.cli import add_parser as add_drill_parser
+
+    add_drill_parser(sub)  # healer drill FILE -c CONFIG [--dry-run]
     return p
 
 
@@ -176,6 +180,7 @@ def incident_json(inc: Any) -> dict[str, Any]:
         "resolved_at": iso(inc.resolved_at),
         "escalated_at": iso(inc.escalated_at),
         "escalation_reason": inc.escalation_reason,
+        "drill": inc.drill,
         "resolution": inc.resolution,
         "rto_achieved_s": inc.rto_achieved,
         "policy": inc.policy,

@@ -62,6 +62,12 @@ class EventType(StrEnum):
     BREAKER_HALF_OPENED = "breaker.half_opened"
     BREAKER_CLOSED = "breaker.closed"
     ACTUATORS_LOADED = "actuators.loaded"
+    # DR drills (healer drill): recorded through the control socket, so incidents they cause are
+    # known to be drills, not real outages
+    DRILL_STARTED = "drill.started"
+    DRILL_FAULT_INJECTED = "drill.fault_injected"
+    DRILL_FAULT_REVERTED = "drill.fault_reverted"
+    DRILL_FINISHED = "drill.finished"
 
 
 OBSERVATIONS = frozenset(

@@ -118,6 +118,8 @@ class IncidentView:
     last_observed_at: float | None = None
     blast_radius: list[str] = field(default_factory=list)
     blast_radius_complete: bool = True
+    # The DR drill whose window and blast radius this incident was detected in (None: a real one).
+    drill: int | None = None
 
     @property
     def is_open(self) -> bool:
@@ -177,6 +179,26 @@ class SymptomView:
 
 
 @dataclass
+class DrillView:
+    """A DR drill run by ``healer drill``: its blast radius and what it did, as recorded."""
+
+    id: int
+    name: str
+    started_at: float
+    radius: list[str]  # the components the drill may touch
+    deadline: float  # after this the drill counts as over even if its end was never recorded
+    by: dict[str, Any] = field(default_factory=dict)
+    faults: list[dict[str, Any]] = field(default_factory=list)  # injected / reverted, in order
+    finished_at: float | None = None
+    verdict: str | None = None  # passed | failed | aborted
+    reasons: list[str] = field(default_factory=list)
+    incidents: list[int] = field(default_factory=list)
+
+    def active(self, ts: float) -> bool:
+        return self.finished_at is None and self.started_at <= ts <= self.deadline
+
+
+@dataclass
 class FleetState:
     components: dict[str, ComponentView] = field(default_factory=dict)
     incidents: dict[int, IncidentView] = field(default_factory=dict)
@@ -202,6 +224,8 @@ class FleetState:
     failing: set[str] = field(default_factory=set)
     open_breakers_on: dict[str, set[str]] = field(default_factory=dict)  # dependency -> reporters
     _learned: set[tuple[str, str]] = field(default_factory=set)
+    drills: dict[int, DrillView] = field(default_factory=dict)
+    next_drill: int = 1
 
     # -- reading helpers (used by the pure Analyze and Plan stages) -----------------------
     def component(self, name: str) -> ComponentView:
@@ -251,6 +275,7 @@ class FleetState:
             "plan_times": list(self.plan_times),
             "symptoms": {k: asdict(v) for k, v in sorted(self.symptoms.items())},
             "learned_edges": [list(e) for e in self.learned_edges],
+            "drills": {str(k): asdict(v) for k, v in sorted(self.drills.items())},
         }
 
     def digest(self) -> str:
@@ -319,6 +344,7 @@ def _incident_detected(s: FleetState, ev: RecordedEvent) -> None:
     s.active_incident[ev.component] = ev.incident
     s.next_incident = max(s.next_incident, ev.incident + 1)
     _bounded_append(s._comp(ev).incident_ids, ev.incident)
+    _mark_drill_incident(s, s.incidents[ev.incident], ev.ts)
 
 
 def _incident_diagnosed(s: FleetState, ev: RecordedEvent) -> None:
@@ -716,6 +742,44 @@ def _analysis_index(s: FleetState, ev: RecordedEvent) -> None:
         inc.last_observed_at = ev.ts
 
 
+def _mark_drill_incident(s: FleetState, inc: IncidentView, ts: float) -> None:
+    # Newest drill first: with overlapping drills the incident belongs to the latest that covers it.
+    for drill in sorted(s.drills.values(), key=lambda d: -d.id):
+        if drill.active(ts) and inc.component in drill.radius:
+            inc.drill = drill.id
+            _bounded_append(drill.incidents, inc.id)
+            return
+
+
+def _drill_started(s: FleetState, ev: RecordedEvent) -> None:
+    d = ev.data
+    did = int(d.get("drill", 0))
+    s.drills[did] = DrillView(
+        id=did,
+        name=str(d.get("name", "")),
+        started_at=ev.ts,
+        radius=[str(c) for c in d.get("radius", [])],
+        deadline=float(d.get("deadline", ev.ts)),
+        by=dict(d.get("by") or {}),
+    )
+    s.next_drill = max(s.next_drill, did + 1)
+
+
+def _drill_fault(s: FleetState, ev: RecordedEvent) -> None:
+    drill = s.drills.get(int(ev.data.get("drill", 0)))
+    if drill is not None:
+        phase = "injected" if ev.type == T.DRILL_FAULT_INJECTED else "reverted"
+        _bounded_append(drill.faults, {"phase": phase, "at": ev.ts, **dict(ev.data.get("fault") or {})})
+
+
+def _drill_finished(s: FleetState, ev: RecordedEvent) -> None:
+    drill = s.drills.get(int(ev.data.get("drill", 0)))
+    if drill is not None and drill.finished_at is None:
+        drill.finished_at = ev.ts
+        drill.verdict = ev.data.get("verdict")
+        drill.reasons = [str(r) for r in ev.data.get("reasons", [])]
+
+
 _HANDLERS: dict[str, Callable[[FleetState, RecordedEvent], None]] = {
     T.PROCESS_STARTED: _process_started,
     T.PROCESS_ADOPTED: _process_started,
@@ -760,4 +824,8 @@ _HANDLERS: dict[str, Callable[[FleetState, RecordedEvent], None]] = {
     T.SYMPTOM_SUPPRESSED: _symptom_suppressed,
     T.SYMPTOM_SETTLING: _symptom_settling,
     T.SYMPTOM_RELEASED: _symptom_released,
+    T.DRILL_STARTED: _drill_started,
+    T.DRILL_FAULT_INJECTED: _drill_fault,
+    T.DRILL_FAULT_REVERTED: _drill_fault,
+    T.DRILL_FINISHED: _drill_finished,
 }
