@@ -341,6 +341,10 @@ class Runner:
             return
         ping = await self.ask({"op": "ping"})
         run.position = int(ping["position"])
+        # The fault takes effect somewhere inside inject(): time it from just before, so detection
+        # and recovery are measured conservatively and never before the fault (the daemon may
+        # see a kill before inject() has even returned).
+        before_wall, before_mono = time.time(), time.monotonic()
         try:
             run.inject_detail = await asyncio.to_thread(run.fault.inject)
         except Exception as exc:  # any failure to inject aborts the drill (and reverts the rest)
@@ -349,8 +353,8 @@ class Runner:
             self.abort(f"fault {run.index} ({run.kind} on {run.target}) could not be injected: {exc}")
             return
         run.status = "injected"
-        run.injected_at = time.time()
-        run.injected_mono = time.monotonic()
+        run.injected_at = before_wall
+        run.injected_mono = before_mono
         self.out(f"» fault {run.index}: {run.kind} on {run.target}: {run.inject_detail}")
         await self._record_fault(run, "injected", run.inject_detail)
 
