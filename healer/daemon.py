@@ -26,6 +26,7 @@ from healer.clock import Clock, SystemClock
 from healer.config import HealerConfig
 from healer.control import DaemonControl
 from healer.errors import PolicyError, StoreError
+from healer.dr.objectives import objectives_event
 from healer.execute.actuators import ActuatorServices
 from healer.execute.executor import Executor
 from healer.execute.registry import ActuatorRegistry
@@ -143,6 +144,10 @@ class Daemon:
                     timeout = float(((inc.plan if inc else None) or {}).get("verify_timeout", 30))
                     asyncio.get_running_loop().call_later(timeout + 0.01, loop.tick)
                 self._arm_waits(rec, state, loop)
+                if rec.type == T.INCIDENT_RESOLVED:
+                    measured = objectives_event(state, rec, cfg, self.clock.wall())
+                    if measured is not None:
+                        loop.submit(measured)
                 if self._on_event is not None:
                     self._on_event(rec)
 
@@ -195,7 +200,7 @@ class Daemon:
                 link = MqttLink.from_config(cfg, loop.submit, self.clock)
             telemetry = link.book if link is not None else None
             monitor = Monitor(cfg, registry, supervisor, loop.submit, self.clock, http, telemetry)
-            services = ActuatorServices(supervisor, cfg.state_dir, cfg.execute, http)
+            services = ActuatorServices(supervisor, cfg.state_dir, cfg.execute, http, emit=loop.submit)
             actuators = ActuatorRegistry.discover(services)
             executor = Executor(actuators, loop.record, self.clock, submit=loop.submit, settings=cfg.execute)
             executor.breakers.restore(state.actuator_breakers)

@@ -103,6 +103,11 @@ class IncidentView:
     deferred: dict[str, Any] | None = None  # the guardrail holding the next step back, while it does
     last_failure: str | None = None  # why the latest attempt did not work (for the chain's reasons)
     approvals: list[int] = field(default_factory=list)
+    # Disaster recovery: the restored checkpoint's age at detection, effects undone, RPO/RTO vs targets.
+    rpo_achieved: float | None = None
+    rpo_checkpoint_at: float | None = None
+    effects_undone: list[str] = field(default_factory=list)
+    objectives: dict[str, Any] | None = None
 
     @property
     def is_open(self) -> bool:
@@ -569,6 +574,25 @@ def _silence_expired(s: FleetState, ev: RecordedEvent) -> None:
         sil.expired_by = ev.data.get("by")
 
 
+def _checkpoint_restored(s: FleetState, ev: RecordedEvent) -> None:
+    inc = s._inc(ev)
+    if inc is not None and ev.data.get("created_at") is not None:
+        inc.rpo_checkpoint_at = float(ev.data["created_at"])
+        inc.rpo_achieved = max(0.0, inc.opened_at - inc.rpo_checkpoint_at)
+
+
+def _effect_compensated(s: FleetState, ev: RecordedEvent) -> None:
+    inc = s._inc(ev)
+    if inc is not None:
+        inc.effects_undone.append(str(ev.data.get("effect")))
+
+
+def _objectives_measured(s: FleetState, ev: RecordedEvent) -> None:
+    inc = s._inc(ev)
+    if inc is not None:
+        inc.objectives = dict(ev.data)
+
+
 _HANDLERS: dict[str, Callable[[FleetState, RecordedEvent], None]] = {
     T.PROCESS_STARTED: _process_started,
     T.PROCESS_ADOPTED: _process_started,
@@ -608,4 +632,7 @@ _HANDLERS: dict[str, Callable[[FleetState, RecordedEvent], None]] = {
     T.MQTT_CONNECTED: _mqtt_link,
     T.MQTT_DISCONNECTED: _mqtt_link,
     T.DAEMON_STARTED: _daemon_started_mqtt,
+    T.CHECKPOINT_RESTORED: _checkpoint_restored,
+    T.EFFECT_COMPENSATED: _effect_compensated,
+    T.OBJECTIVES_MEASURED: _objectives_measured,
 }
