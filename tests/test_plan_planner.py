@@ -48,7 +48,7 @@ async def test_chain_restart_rollback_escalate_advances_with_reasons(tmp_path: P
             ("dr", "compensate"),
             ("process", "start"),
         ]
-        assert rollback["actions"][1]["params"] == {"target": "latest"}
+        assert rollback["actions"][1]["params"] == {"checkpoint": "latest"}
         # Why the chain moved on: step 0's attempts were used, and the last failure is named.
         assert rollback["skipped"][0]["step"] == 0
         assert "2/2 attempts used in this incident" in rollback["skipped"][0]["reason"]
