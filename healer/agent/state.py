@@ -110,6 +110,8 @@ class AgentState:
         fence = read_fence(self.state_dir, self.role)
         token = int(fence.get("token", 0))
         holder = fence.get("holder")
+        if holder == self.agent and token >= (self.token or 0):
+            self.token = token  # a standby promoted to holder takes the new token
         if token != self.token or (holder is not None and holder != self.agent):
             raise Fenced(
                 f"{self.agent} holds fencing token {self.token} for {self.role!r}, but "
