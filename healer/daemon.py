@@ -25,8 +25,8 @@ from healer.analyze.taxonomy import Taxonomy, load_taxonomy
 from healer.clock import Clock, SystemClock
 from healer.config import HealerConfig
 from healer.control import DaemonControl
-from healer.errors import PolicyError, StoreError
 from healer.dr.objectives import objectives_event
+from healer.errors import PolicyError, StoreError
 from healer.execute.actuators import ActuatorServices
 from healer.execute.executor import Executor
 from healer.execute.registry import ActuatorRegistry

@@ -28,7 +28,7 @@ from healer.agent.state import AgentState, Fenced
 
 def post(url: str, key: str) -> None:
     req = urllib.request.Request(url, data=b"{}", method="POST", headers={"Idempotency-Key": key})
-    with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310  loopback test service
+    with urllib.request.urlopen(req, timeout=5) as r:
         r.read()
 
 

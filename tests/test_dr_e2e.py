@@ -90,10 +90,7 @@ def test_rollback_restores_checkpoint_3_and_cancels_bookings_once_in_reverse(
         assert [n for op, n in booking.effects("apply")] == ["order-A", "order-B", "order-C"]
         comp = events(d.state_dir, "effect.compensated")
         assert [e["data"]["effect"] for e in comp] == ["book-C", "book-B", "book-A"]
-        saga = [
-            (e["data"]["actuator"], e["data"]["action"])
-            for e in events(d.state_dir, "step.succeeded")
-        ]
+        saga = [(e["data"]["actuator"], e["data"]["action"]) for e in events(d.state_dir, "step.succeeded")]
         assert saga == [("process", "stop"), ("dr", "restore"), ("dr", "compensate"), ("process", "start")]
         restore = next(e for e in events(d.state_dir, "step.succeeded") if e["data"]["action"] == "restore")
         assert restore["data"]["result"]["seq"] == 3
@@ -131,11 +128,18 @@ def test_kill_9_mid_compensation_cancels_each_booking_exactly_once(tmp_path: Pat
         assert undos(booking) == ["order-C", "order-B", "order-A"]  # each exactly once
         # B's cancellation was re-sent once with the same key (in flight at the crash); C's was not.
         sent = [e["key"] for e in booking.entries() if e["op"] == "request" and e["via"] == "http-undo"]
-        assert sent == ["undo/booker/book-C", "undo/booker/book-B", "undo/booker/book-B", "undo/booker/book-A"]
+        assert sent == [
+            "undo/booker/book-C",
+            "undo/booker/book-B",
+            "undo/booker/book-B",
+            "undo/booker/book-A",
+        ]
         assert json.loads((tmp_path / "resumed.json").read_text())["seq"] == 3
 
 
-def test_corrupt_checkpoint_is_detected_and_the_previous_good_one_used(tmp_path: Path, booking: Ledger) -> None:
+def test_corrupt_checkpoint_is_detected_and_the_previous_good_one_used(
+    tmp_path: Path, booking: Ledger
+) -> None:
     go = tmp_path / "go"
     cfg = write_config(
         tmp_path,
@@ -214,7 +218,7 @@ policies:
         "  primary:\n"
         "    probes:\n"
         "      - type: exec\n"
-        f"        argv: [\"test\", \"!\", \"-e\", \"{trigger}\"]\n"
+        f'        argv: ["test", "!", "-e", "{trigger}"]\n'
         "        interval: 0.2s\n"
         "        failure_threshold: 1\n"
         + component("standby", standby_argv).replace("  standby:\n", "  standby:\n", 1)
@@ -231,8 +235,8 @@ policies:
             time.sleep(0.5)
             lines = acts.read_text().splitlines()
             # Never both active: after the standby's first act, the primary never acts again.
-            first_standby = next(i for i, l in enumerate(lines) if l.startswith("acted standby"))
-            assert not [l for l in lines[first_standby:] if l.startswith("acted primary")]
+            first_standby = next(i for i, ln in enumerate(lines) if ln.startswith("acted standby"))
+            assert not [ln for ln in lines[first_standby:] if ln.startswith("acted primary")]
             store = CheckpointStore.in_state_dir(d.state_dir)
             handed = store.list("standby")
             assert handed and store.read(handed[-1]) == b'{"step": 7}'

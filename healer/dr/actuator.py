@@ -60,7 +60,9 @@ class _Promote(Params):
     start: bool = True
 
 
-def pick(store: CheckpointStore, agent: str, target: str) -> tuple[Checkpoint, list[dict[str, Any]], int | None]:
+def pick(
+    store: CheckpointStore, agent: str, target: str
+) -> tuple[Checkpoint, list[dict[str, Any]], int | None]:
     """The checkpoint to restore, the corrupt ones passed over, and the pivot floor."""
     cps = store.list(agent)
     if not cps:
@@ -114,7 +116,9 @@ class DrActuator(Base):
         return f"dr-{action}"
 
     def _agent(self, ctx: ActionContext, raw: str) -> str:
-        return safe_name(render(raw, template_values(ctx.component, ctx.incident, ctx.idempotency_key)), "agent")
+        return safe_name(
+            render(raw, template_values(ctx.component, ctx.incident, ctx.idempotency_key)), "agent"
+        )
 
     def _emit(self, ev: Event) -> None:
         emit = getattr(self.services, "emit", None)
@@ -145,7 +149,12 @@ class DrActuator(Base):
             head = store.head(agent) or 0
             todo = L.to_compensate(store, agent, head)
             ro = [e.key for e in L.effects(store, agent) if e.after_seq >= head and e.kind == "read_only"]
-            return {"agent": agent, "after_seq": head, "effects": [e.as_dict() for e in todo], "read_only": ro}
+            return {
+                "agent": agent,
+                "after_seq": head,
+                "effects": [e.as_dict() for e in todo],
+                "read_only": ro,
+            }
         # promote
         role = p.role or ctx.component
         fence = read_fence(self.services.state_dir or store.root, role)
@@ -227,7 +236,13 @@ class DrActuator(Base):
             L.record_undone(
                 store,
                 agent,
-                {"effect": key, "key": ckey, "incident": ctx.incident, "ts": time.time(), "action": ctx.idempotency_key},
+                {
+                    "effect": key,
+                    "key": ckey,
+                    "incident": ctx.incident,
+                    "ts": time.time(),
+                    "action": ctx.idempotency_key,
+                },
             )
             self._emit(
                 Event(
@@ -274,7 +289,13 @@ class DrActuator(Base):
             token = int(fence["token"])
         else:
             token = int(before["token_before"]) + 1
-            doc = {"token": token, "holder": standby, "previous": primary, "key": ctx.idempotency_key, "at": time.time()}
+            doc = {
+                "token": token,
+                "holder": standby,
+                "previous": primary,
+                "key": ctx.idempotency_key,
+                "at": time.time(),
+            }
             atomic_write(fence_path(state_dir, role), json.dumps(doc).encode())
         self._emit(
             Event(
@@ -291,7 +312,9 @@ class DrActuator(Base):
                 cp, _, _ = pick(store, primary, "latest")
                 mine = store.head(standby)
                 if mine is None or store.get(standby, mine).sha256 != cp.sha256:
-                    handed = store.save(standby, store.read(cp), label=f"promoted-from-{primary}#{cp.seq}").seq
+                    handed = store.save(
+                        standby, store.read(cp), label=f"promoted-from-{primary}#{cp.seq}"
+                    ).seq
                 else:
                     handed = mine
             except (ActuatorError, CheckpointError):

@@ -54,7 +54,11 @@ def _run(verb: str, args: argparse.Namespace, state_dir: Path) -> int:
         if reason is not None:
             raise CheckpointError(f"checkpoint {args.agent}#{args.seq} is corrupt ({reason}): not restored")
         store.set_head(args.agent, cp)
-        print(json.dumps({"agent": args.agent, "head": cp.seq}) if args.json else f"{args.agent}: HEAD -> #{cp.seq}")
+        print(
+            json.dumps({"agent": args.agent, "head": cp.seq})
+            if args.json
+            else f"{args.agent}: HEAD -> #{cp.seq}"
+        )
         return 0
     rows = []
     bad = 0
@@ -70,5 +74,6 @@ def _run(verb: str, args: argparse.Namespace, state_dir: Path) -> int:
         for r in rows:
             mark = "*" if r["head"] else " "
             state = f"CORRUPT: {r['corrupt']}" if r["corrupt"] else "ok"
-            print(f"{mark} {r['agent']}#{r['seq']:<4} {r['label'] or '-':<16} {r['size']:>10}B  {r['sha256'][:12]}  {state}")
+            name = f"{r['agent']}#{r['seq']}"
+            print(f"{mark} {name:<24} {r['label'] or '-':<16} {r['size']:>10}B  {r['sha256'][:12]}  {state}")
     return 1 if verb == "verify" and bad else 0

@@ -19,6 +19,7 @@ Standard library only: agents import this through :mod:`healer.agent.state`.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import json
@@ -158,7 +159,9 @@ class CheckpointStore:
 
     def agents(self) -> list[str]:
         d = self.root / "agents"
-        return sorted(p.name for p in d.iterdir() if p.is_dir() and NAME_RE.match(p.name)) if d.is_dir() else []
+        return (
+            sorted(p.name for p in d.iterdir() if p.is_dir() and NAME_RE.match(p.name)) if d.is_dir() else []
+        )
 
     # -- writing ---------------------------------------------------------------------------------
     def save(
@@ -175,7 +178,9 @@ class CheckpointStore:
         if not blob.exists():
             atomic_write(blob, data)
         seq = max((c.seq for c in self.list(agent)), default=0) + 1
-        cp = Checkpoint(agent, seq, time.time() if created_at is None else created_at, digest, len(data), schema, label)
+        cp = Checkpoint(
+            agent, seq, time.time() if created_at is None else created_at, digest, len(data), schema, label
+        )
         atomic_write(self._manifest_path(agent, seq), json.dumps(cp.as_dict(), sort_keys=True).encode())
         self.set_head(agent, cp)
         return cp
@@ -276,7 +281,7 @@ class CheckpointStore:
         return None
 
     # -- retention -------------------------------------------------------------------------------
-    def retain(self, agent: str, keep: int, protected: Iterable[int] = ()) -> list[Checkpoint]:
+    def retain(self, agent: str, keep: int, protected: Iterable[int] = ()) -> builtins.list[Checkpoint]:
         """Remove all but the newest ``keep``, HEAD and ``protected`` sequences; the removed ones."""
         cps = self.list(agent)
         spare = {c.seq for c in cps[-keep:]} if keep > 0 else set()

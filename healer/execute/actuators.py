@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     import httpx
 
     from healer.knowledge.events import Event
-
     from healer.supervisor import Supervisor
 
 
