@@ -2,8 +2,8 @@
 
 RPO achieved = how old the restored checkpoint was when the failure was detected (the state
 lost); RTO achieved = detection -> verified healthy (resolved). Measured once, when the incident
-resolves, and recorded as ``incident.objectives_measured`` so ``healer incidents`` and the
-postmortem read it from the log.
+resolves, for components with a target or a restored checkpoint, and recorded as
+``incident.objectives_measured`` so ``healer incidents`` and the postmortem read it from the log.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ def objectives_event(state: FleetState, rec: RecordedEvent, cfg: HealerConfig, n
     comp = cfg.components.get(inc.component)
     rto_target = comp.rto if comp is not None else None
     rpo_target = comp.rpo if comp is not None else None
+    if rto_target is None and rpo_target is None and inc.rpo_achieved is None:
+        return None  # nothing to compare: incident.resolved already carries the RTO achieved
     rto = rec.ts - inc.opened_at
     rpo = inc.rpo_achieved
     data: dict[str, Any] = {
