@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -75,9 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--component", help="only events of this component")
     lg.add_argument("--incident", type=int, help="only events of this incident")
     lg.add_argument(
-        "--since", type=int, default=0, metavar="POSITION", help="only events after this log position"
+        "--since",
+        default="0",
+        metavar="POSITION|TIME",
+        help="only events after this log position, or since a time: 10m, 2h, 2026-11-22T10:00:00Z",
     )
-    lg.add_argument("-v", "--verbose", action="store_true", help="show each event's data")
+    lg.add_argument(
+        "--level", choices=("debug", "info", "warning", "error"), help="only events at this level or above"
+    )
+    lg.add_argument("-v", "--verbose", action="store_true", help="explain each event's decision")
     lg.set_defaults(func=cmd_log)
 
     demo = sub.add_parser("demo", help="start a small local fleet, break it, and watch healer fix it")
@@ -89,7 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from healer.cli_plan import register as register_plan_commands
 
-    register_plan_commands(sub)  # policy check/schema/explain, approve, deny, approvals, silence, reload
+    # policy check/schema/explain, approve, deny, approvals, silence, reload
+    psub = register_plan_commands(sub)
+
+    from healer.report.commands import register as register_operator_commands
+
+    register_operator_commands(sub, reader, psub)  # postmortem, replay, policy backtest
     from healer.dr.cli import register as register_dr_commands
 
     register_dr_commands(sub, _state_dir)  # checkpoint list|verify|restore
@@ -97,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     from healer.cli_plugins import add_parser as add_plugins_parser
 
     add_plugins_parser(sub)
+
+    from healer.drill.cli import add_parser as add_drill_parser
+
+    add_drill_parser(sub)  # healer drill FILE -c CONFIG [--dry-run]
     return p
 
 
@@ -162,12 +176,14 @@ def incident_json(inc: Any) -> dict[str, Any]:
         "failure_class": inc.failure_class,
         "root_cause": inc.root_cause,
         "symptoms": inc.symptoms,
+        "blast_radius": inc.blast_radius,
         "status": inc.status,
         "phase": inc.phase,
         "opened_at": iso(inc.opened_at),
         "resolved_at": iso(inc.resolved_at),
         "escalated_at": iso(inc.escalated_at),
         "escalation_reason": inc.escalation_reason,
+        "drill": inc.drill,
         "resolution": inc.resolution,
         "rto_achieved_s": inc.rto_achieved,
         "rpo_achieved_s": inc.rpo_achieved,
@@ -229,64 +245,9 @@ def cmd_incidents(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from healer.render import iso
+    from healer.report.status import run_status
 
-    state_dir = _state_dir(args)
-    state = asyncio.run(_load_state(state_dir))
-    comps = {
-        n: {
-            "health": c.health,
-            "since": iso(c.health_since),
-            "pid": c.pid if c.process_running else None,
-            "restarts": c.restarts,
-            "incident": state.active_incident.get(n),
-        }
-        for n, c in sorted(state.components.items())
-    }
-    open_incidents = [incident_json(i) for i in state.incidents.values() if i.status != "resolved"]
-    from healer.cli_plan import approvals_json, print_status_extras, silences_json
-
-    doc = {
-        "state_dir": str(state_dir),
-        "position": state.position,
-        "policies_hash": state.policies_hash,
-        "components": comps,
-        "open_incidents": open_incidents,
-        "approvals_pending": approvals_json(state),
-        "silences": silences_json(state, time.time()),
-        "mqtt": state.mqtt,
-        "telemetry_dropped": dict(sorted(state.telemetry_dropped.items())),
-    }
-    if args.json:
-        print(json.dumps(doc, indent=2))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"healer status — {state_dir} (log position {state.position})")
-    for col in ("component", "health", "since", "pid", "restarts", "incident"):
-        table.add_column(col)
-    for name, c in comps.items():
-        style = {"healthy": "green", "failing": "red"}.get(c["health"], "yellow")
-        table.add_row(
-            name,
-            f"[{style}]{c['health']}[/]",
-            str(c["since"]),
-            str(c["pid"] or "-"),
-            str(c["restarts"]),
-            str(c["incident"] or "-"),
-        )
-    console = Console()
-    console.print(table)
-    console.print(f"open or escalated incidents: {len(open_incidents)}")
-    print_status_extras(doc["approvals_pending"], doc["silences"])
-    if state.mqtt is not None:
-        link = state.mqtt
-        console.print(f"MQTT link to {link.get('broker')}: {link['state']} since {iso(link['since'])}")
-    if state.telemetry_dropped:
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(state.telemetry_dropped.items()))
-        console.print(f"telemetry dropped (bad input, all time): {counts}")
-    return 0
+    return run_status(args, _state_dir(args))
 
 
 def cmd_log(args: argparse.Namespace) -> int:

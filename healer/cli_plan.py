@@ -19,8 +19,9 @@ from typing import Any
 from healer.errors import ConfigError, PolicyError
 
 
-def register(sub: Any) -> None:
-    """Add this module's commands to the top-level subparsers of ``healer``."""
+def register(sub: Any) -> Any:
+    """Add this module's commands to the top-level subparsers of ``healer``; return the
+    ``policy`` subcommands' parsers, so other modules can add theirs (backtest)."""
     pol = sub.add_parser("policy", help="policy authoring tools: check, schema, explain")
     psub = pol.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
     chk = psub.add_parser("check", help="validate policy files; exit 1 on any error")
@@ -77,6 +78,7 @@ def register(sub: Any) -> None:
     si.set_defaults(func=cmd_silence)
     rl = control("reload", "re-read the policies (like SIGHUP); an invalid set changes nothing")
     rl.set_defaults(func=cmd_reload)
+    return psub
 
 
 # -- policy check / schema ------------------------------------------------------------------------

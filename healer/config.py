@@ -195,6 +195,31 @@ class MqttConfig(_Strict):
         if not v or any(c in v for c in "+#\x00") or v.startswith("/") or v.endswith("/"):
             raise ValueError("expected a topic prefix without wildcards or leading/trailing '/'")
         return v
+class AnalysisConfig(_Strict):
+    # After a root cause recovers, its symptoms get this long to recover on their own before
+    # any that still fail are diagnosed (and remediated) on their own.
+    settle_time: Duration = 5.0
+def check_loopback(value: Any) -> Any:
+    """The metrics endpoint has no authentication: it may only listen on a loopback address."""
+    import ipaddress
+
+    if not isinstance(value, str) or value == "localhost":
+        return value
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"expected a loopback IP address such as 127.0.0.1 or ::1, got {value!r}") from None
+    if not ip.is_loopback:
+        raise ValueError(f"{value} is not a loopback address: the metrics endpoint has no authentication")
+    return value
+
+
+class MetricsConfig(_Strict):
+    """The Prometheus endpoint (``http://ADDRESS:PORT/metrics``), served by the daemon."""
+
+    enabled: bool = False
+    address: Annotated[str, BeforeValidator(check_loopback)] = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
 
 
 class HealerConfig(BaseSettings):
@@ -214,6 +239,8 @@ class HealerConfig(BaseSettings):
     # unset: only the daemon's own user.
     control_group: str | None = None
     mqtt: MqttConfig | None = None  # telemetry (heartbeats, last wills, breakers); off when absent
+    analysis: AnalysisConfig = AnalysisConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @classmethod
     def settings_customise_sources(

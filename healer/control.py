@@ -297,6 +297,12 @@ class DaemonControl:
                     "problems": list(self._daemon.last_reload_problems),
                     "error": None if ok else "policy reload rejected: the previous policies stay in force",
                 }
+            if op.startswith("drill."):
+                from healer.drill.control import handle_drill
+
+                return await handle_drill(
+                    req, peer.as_dict(), self._loop, self._state, self._clock, self._components
+                )
         return {"ok": False, "error": f"unknown request {op!r}"}
 
     async def _decide(self, req: dict[str, Any], peer: Peer, grant: bool) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from healer.clock import Clock, SystemClock
 from healer.config import HealerConfig
 from healer.control import DaemonControl
 from healer.dr.objectives import objectives_event
-from healer.errors import PolicyError, StoreError
+from healer.errors import HealerError, PolicyError, StoreError
 from healer.execute.actuators import ActuatorServices
 from healer.execute.executor import Executor
 from healer.execute.registry import ActuatorRegistry
@@ -34,7 +34,7 @@ from healer.knowledge.events import Event, RecordedEvent
 from healer.knowledge.events import EventType as T
 from healer.knowledge.projections import FleetState
 from healer.knowledge.store import SQLiteEventStore, rebuild_state
-from healer.loop import ControlLoop, Decider
+from healer.loop import ControlLoop, decider_for
 from healer.monitor.mqtt import MqttLink
 from healer.monitor.probes import ProbeRegistry
 from healer.monitor.scheduler import Monitor
@@ -69,7 +69,10 @@ class Daemon:
         self.state: FleetState | None = None
         self.loop: ControlLoop | None = None
         self.exit_code = 0
+        self._task: asyncio.Task[int]
         self.last_reload_problems: list[str] = []
+        self.metrics: Any = None  # healer.metrics.Metrics when the endpoint is enabled
+        self._metrics_server: Any = None
 
     # -- control from outside -------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -77,6 +80,27 @@ class Daemon:
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
+
+    # -- as an async context manager: `async with Daemon(cfg) as d:` runs it in the background ------
+    async def __aenter__(self) -> Daemon:
+        """Start every stage and return once the daemon is ready (or raise why it could not start)."""
+        self._task = asyncio.create_task(self.run(), name="healer-daemon")
+        ready = asyncio.create_task(self._ready.wait())
+        await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if self._task.done():
+            ready.cancel()
+            self._task.result()  # raises what stopped start-up
+            raise HealerError("the daemon stopped during start-up")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Stop cleanly: in-flight actions finish or are recorded as interrupted."""
+        self.request_stop()
+        await self._task
+
+    async def wait_stopped(self) -> int:
+        """Until the daemon stops by itself (a signal): its exit code."""
+        return await asyncio.shield(self._task)
 
     def load_policies(self) -> PolicySet:
         return load_policies([self.config.policies_dir])
@@ -124,17 +148,15 @@ class Daemon:
             self.state = state
             rebuilt = state.digest()
             commands = {n: c.command for n, c in cfg.components.items() if c.command is not None}
-            decider = Decider(
-                self.taxonomy,
-                policies,
-                {n: c.labels for n, c in cfg.components.items()},
-                frozenset(commands),
-            )
+            decider = decider_for(cfg, policies, self.taxonomy)  # the same one replay builds
             executor: Executor | None = None
             link: MqttLink | None = None
+            metrics = self._start_metrics(state)
 
             def on_recorded(rec: RecordedEvent) -> None:
                 _log_event(rec)
+                if metrics is not None:
+                    metrics.on_recorded(rec)
                 if link is not None:
                     link.publish_event(rec)
                 if rec.type == T.INCIDENT_PLANNED and executor is not None:
@@ -143,6 +165,9 @@ class Daemon:
                     inc = state.incidents.get(rec.incident or 0)
                     timeout = float(((inc.plan if inc else None) or {}).get("verify_timeout", 30))
                     asyncio.get_running_loop().call_later(timeout + 0.01, loop.tick)
+                elif rec.type == T.SYMPTOM_SETTLING:
+                    wait = float(rec.data.get("settle_until", 0)) - self.clock.wall()
+                    asyncio.get_running_loop().call_later(max(wait, 0) + 0.01, loop.tick)
                 self._arm_waits(rec, state, loop)
                 if rec.type == T.INCIDENT_RESOLVED:
                     measured = objectives_event(state, rec, cfg, self.clock.wall())
@@ -180,6 +205,8 @@ class Daemon:
                         )
 
             loop = ControlLoop(store, state, decider, self.clock, on_recorded, on_store_health)
+            if metrics is not None:
+                loop.store = metrics.timed(store)  # append latency, measured at the one writer
             self.loop = loop
             registry = ProbeRegistry.discover()
 
@@ -279,12 +306,31 @@ class Daemon:
         finally:
             if control is not None:
                 await control.close()
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
+                self._metrics_server.server_close()
             self._remove_signals()
             if supervisor is not None:
                 supervisor.close()
             await http.aclose()
             await store.close()
         return self.exit_code
+
+    def _start_metrics(self, state: FleetState) -> Any:
+        cfg = self.config.metrics
+        if not cfg.enabled:
+            return None
+        from healer.errors import HealerError
+        from healer.metrics import Metrics
+
+        metrics = Metrics(self.config.state_dir)
+        metrics.prime(state)
+        try:
+            self._metrics_server = metrics.serve(cfg.address, cfg.port)
+        except OSError as exc:
+            raise HealerError(f"cannot serve metrics on {cfg.address}:{cfg.port}: {exc}") from exc
+        self.metrics = metrics
+        return metrics
 
     async def _recover(
         self, state: FleetState, supervisor: Supervisor, loop: ControlLoop, executor: Executor

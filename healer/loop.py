@@ -16,11 +16,12 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from healer.analyze.analyzer import analyze, analyze_deadlines
+from healer.analyze.analyzer import AnalysisContext, analyze, analyze_batch, analyze_deadlines
 from healer.analyze.taxonomy import Taxonomy
 from healer.clock import Clock
+from healer.config import HealerConfig
 from healer.errors import StoreError
-from healer.knowledge.events import Event, RecordedEvent
+from healer.knowledge.events import OBSERVATIONS, Event, RecordedEvent
 from healer.knowledge.projections import FleetState
 from healer.knowledge.store import EventStore, rebuild_state
 from healer.plan.planner import due, plan, revisit
@@ -46,9 +47,16 @@ class Decider:
     policies: PolicySet
     labels: Mapping[str, Mapping[str, str]]
     supervised: frozenset[str]
+    analysis: AnalysisContext | None = None  # the dependency graph and settings; built if absent
+
+    def context(self) -> AnalysisContext:
+        if self.analysis is None:
+            self.analysis = AnalysisContext(self.taxonomy, self.supervised)
+        return self.analysis
 
     def follow_ups(self, state: FleetState, rec: RecordedEvent, now: float) -> list[Event]:
-        out = analyze(state, rec, now, self.taxonomy, self.supervised)
+        # Observations are analysed together, per batch (observed); everything else one by one.
+        out = [] if rec.type in OBSERVATIONS else analyze(state, rec, now, self.taxonomy, self.supervised)
         out.extend(plan(state, rec, self.policies, now, self.labels))
         return out
 
@@ -58,6 +66,9 @@ class Decider:
 
     def revisit(self, state: FleetState, incident: int, now: float) -> list[Event]:
         return revisit(state, incident, self.policies, now, self.labels)
+    def observed(self, state: FleetState, recs: list[RecordedEvent], now: float) -> list[Event]:
+        """Follow-ups of a run of observations, all applied: one root-cause traversal for all."""
+        return analyze_batch(state, recs, now, self.context())
 
 
 @dataclass
@@ -125,9 +136,17 @@ class ControlLoop:
         now = self.clock.wall()
         decided: list[RecordedEvent] = []
         replies: list[tuple[asyncio.Future[RecordedEvent | None], int | None]] = []
+        run: list[Event] = []  # consecutive observations, analysed together
         for item in items:
+            plain = item.event is not None and item.reply is None and item.precondition is None
+            if plain and item.event is not None and item.event.type in OBSERVATIONS:
+                run.append(item.event)
+                continue
+            if run:
+                self._observe(run, now, decided)
+                run = []
             if item.event is None:
-                roots = analyze_deadlines(self.state, now)
+                roots = analyze_deadlines(self.state, now, self.decider.context())
                 for ev in roots:
                     self._decide(ev, now, decided)
                 # One waiting incident at a time, each against the state the previous one left:
@@ -143,9 +162,14 @@ class ControlLoop:
                     replies.append((item.reply, None))
                 continue
             index = len(decided)
-            self._decide(item.event, now, decided)
+            if item.event.type in OBSERVATIONS:
+                self._observe([item.event], now, decided)
+            else:
+                self._decide(item.event, now, decided)
             if item.reply is not None:
                 replies.append((item.reply, index))
+        if run:
+            self._observe(run, now, decided)
         if decided:
             try:
                 recorded = await self.store.append([_unrecord(r) for r in decided])
@@ -204,9 +228,21 @@ class ControlLoop:
                 self._held.append(item)
         if first:
             self.on_store_health(exc)
+    def _observe(self, events: list[Event], now: float, out: list[RecordedEvent]) -> None:
+        recs = [self._apply(ev, out) for ev in events]
+        for ev in self.decider.observed(self.state, recs, now):
+            self._decide(ev, now, out)
+
+    def _apply(self, ev: Event, out: list[RecordedEvent]) -> RecordedEvent:
+        rec = RecordedEvent(self.state.position + 1, ev.type, ev.ts, ev.component, ev.incident, dict(ev.data))
+        self.state.apply(rec)
+        out.append(rec)
+        return rec
 
     def _decide(self, event: Event, now: float, out: list[RecordedEvent]) -> None:
-        pending = [event]
+        # The input is stamped with the batch's ``now``: every event's ``ts`` is the time its
+        # decisions were made with, so replay re-derives ``now`` from the log alone, exactly.
+        pending = [Event(event.type, now, event.component, event.incident, event.data)]
         while pending:
             ev = pending.pop(0)
             rec = RecordedEvent(
@@ -223,3 +259,14 @@ class ControlLoop:
 
 def _unrecord(rec: RecordedEvent) -> Event:
     return Event(rec.type, rec.ts, rec.component, rec.incident, rec.data)
+
+
+def decider_for(config: HealerConfig, policies: PolicySet, taxonomy: Taxonomy) -> Decider:
+    """The Decider the daemon builds from ``config``: replay and backtest must decide alike."""
+    return Decider(
+        taxonomy,
+        policies,
+        {n: c.labels for n, c in config.components.items()},
+        frozenset(n for n, c in config.components.items() if c.command is not None),
+        AnalysisContext.from_config(config, taxonomy),
+    )

@@ -23,6 +23,8 @@ LEVELS: dict[str, str] = {
     T.COMPONENT_BECAME_UNKNOWN: "warning",
     T.MQTT_DISCONNECTED: "warning",
     T.TELEMETRY_DROPPED: "warning",
+    T.SYMPTOM_SUPPRESSED: "warning",
+    T.DRILL_FAULT_INJECTED: "warning",
 }
 
 STYLES = {"error": "bold red", "warning": "yellow", "info": "green", "debug": "dim"}
@@ -154,7 +156,39 @@ def describe(rec: RecordedEvent) -> str:
     if t == T.TELEMETRY_DROPPED:
         counts = ", ".join(f"{k} {v}" for k, v in dict(d.get("dropped", {})).items())
         return f"dropped bad telemetry: {counts} (of {d.get('received')} received)"
-    return f"{inc}{who}: {t}"
+    if t == T.SYMPTOM_SUPPRESSED:
+        return f"{inc}{who}: {d.get('reason') or 'symptom suppressed'} ({d.get('failure_class')})"
+    if t == T.SYMPTOM_SETTLING:
+        return f"{inc}{who}: {d.get('reason') or 'root recovered; settling'}"
+    if t == T.SYMPTOM_RELEASED:
+        return f"{inc}{who}: {d.get('reason') or 'no longer a symptom'}"
+    if t == T.DRILL_STARTED:
+        radius = ", ".join(d.get("radius", []))
+        return f"DRILL {d.get('drill')} {d.get('name')!r} started: blast radius {radius}"
+    if t in (T.DRILL_FAULT_INJECTED, T.DRILL_FAULT_REVERTED):
+        f = d.get("fault") or {}
+        verb = "injected" if t == T.DRILL_FAULT_INJECTED else "reverted"
+        detail = f" ({f['detail']})" if f.get("detail") else ""
+        return f"DRILL {d.get('drill')}: {who}: fault {f.get('kind')} {verb}{detail}"
+    if t == T.DRILL_FINISHED:
+        why = "; ".join(d.get("reasons", [])[:3])
+        return f"DRILL {d.get('drill')} {d.get('name')!r} {str(d.get('verdict')).upper()}" + (
+            f": {why}" if why else ""
+        )
+    # Event types without a case of their own still say what they carry.
+    summary = _data_summary(d)
+    return f"{inc}{who}: {t}" + (f" ({summary})" if summary else "")
+
+
+def _data_summary(d: Any, limit: int = 120) -> str:
+    parts = []
+    for key in sorted(d):
+        value = d[key]
+        if isinstance(value, dict | list):
+            continue  # nested detail belongs to `healer log -v`
+        parts.append(f"{key}={value}")
+    text = ", ".join(parts)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _probe_summary(d: Any) -> str:

@@ -34,6 +34,12 @@ class NoDecisions:
     def due(self, state: FleetState, now: float) -> list[int]:
         return []
 
+    def observed(self, state: FleetState, recs: list[RecordedEvent], now: float) -> list[Event]:
+        return []
+
+    def context(self) -> None:
+        return None
+
     def revisit(self, state: FleetState, incident: int, now: float) -> list[Event]:
         return []
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from healer.analyze.analyzer import analyze_deadlines
 from healer.analyze.taxonomy import load_taxonomy
-from healer.knowledge.events import Event, RecordedEvent
+from healer.knowledge.events import OBSERVATIONS, Event, RecordedEvent
 from healer.knowledge.events import EventType as T
 from healer.knowledge.projections import FleetState
 from healer.loop import Decider
@@ -46,7 +46,10 @@ class Harness:
             rec = RecordedEvent(self.state.position + 1, e.type, e.ts, e.component, e.incident, dict(e.data))
             self.state.apply(rec)
             out.append(rec)
-            pending.extend(self.decider.follow_ups(self.state, rec, now))
+            if rec.type in OBSERVATIONS:  # as the loop does: observations are analysed as a batch
+                pending.extend(self.decider.observed(self.state, [rec], now))
+            else:
+                pending.extend(self.decider.follow_ups(self.state, rec, now))
         self.log.extend(out)
         return out
 

@@ -5,7 +5,7 @@ supervised in turn by healer, supervisord, monit and a minimal pidfd watcher (th
 N crash trials (SIGKILL -> a *new* pid answers /health) and N hang trials (SIGSTOP -> a new pid
 answers; "never" after the hang timeout) — all in one run, so the ratios compare like with like.
 
-    python bench/peers/run.py [--trials 20] [--hang-timeout 30] [--out docs/benchmarks-peers.md]
+    python bench/peers/run.py [--trials 20] [--hang-timeout 30] [--out peers.md]
 
 Needs: supervisord (pip install supervisor) and Debian's monit. Only loopback addresses are used.
 """

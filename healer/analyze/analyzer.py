@@ -1,150 +1,146 @@
-"""Analyze: a pure function of (knowledge snapshot, new event, clock reading).
+"""Analyze: a pure function of (knowledge snapshot, new observations, clock reading).
 
-It opens incidents for new failures, folds repeated observations into the open incident,
-and judges verification (did the component come back after the action?). No I/O and no
-clock of its own: the same inputs always give the same decisions, which is what replay
-relies on.
+For a batch of observations it decides, against the snapshot that already includes them:
+
+* **lifecycle** of what is open: verification of an action (the component came back, or its
+  process died under verification), recovery without action, symptoms that recovered, breakers
+  that closed, agent reports that are good again;
+* **diagnosis** of new failures: one forward traversal of the dependency graph over the whole
+  failing set (:meth:`DependencyGraph.analyze`) splits it into roots and symptoms. A new root
+  opens an incident classified by the taxonomy (``knowledge/taxonomy.yaml``); a new symptom joins
+  its roots' incidents (``symptom.suppressed``) and gets no remediation of its own; an open
+  incident whose component turns out to be a symptom is superseded and joins its root's;
+* **settling**: when every root incident of a symptom is closed, the symptom is re-evaluated
+  after the settle time (``symptom.settling``, then at the deadline ``symptom.released`` and, if
+  it still fails, its own diagnosis).
+
+Repeated observations of an open failure add nothing here: the fold counts them on the open
+incident (deduplication). No I/O and no clock of its own: the same snapshot, observations and
+``now`` always give the same events, which is what replay relies on.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from healer.analyze.taxonomy import Taxonomy
-from healer.knowledge.events import Event, RecordedEvent
+from healer.analyze.graph import DependencyGraph, RootCauseResult
+from healer.analyze.taxonomy import Match, Signature, Taxonomy
+from healer.knowledge.events import OBSERVATIONS, Event, RecordedEvent
 from healer.knowledge.events import EventType as T
-from healer.knowledge.projections import FleetState, IncidentView
+from healer.knowledge.projections import FleetState, IncidentView, SymptomView
+
+if TYPE_CHECKING:
+    from healer.config import HealerConfig
+
+SETTLE = "settle"  # the "observation" of a symptom re-evaluated after its settle time
+DEFAULT_HOST = "localhost"
 
 
+@dataclass(frozen=True)
+class AnalysisSettings:
+    settle_time: float = 5.0  # after the last root incident of a symptom closes
+    blast_radius_limit: int = 20  # nearest downstream components recorded per diagnosis
+
+
+class GraphCache:
+    """The dependency graph Analyze decides with: configured edges plus the snapshot's learned ones.
+
+    Building the configured graph is the expensive part (about a second at 100,000 components),
+    so it is built once; learned edges are added as the snapshot gains them, in log order. If the
+    snapshot was rebuilt without edges this graph already took (a failed append), it starts over
+    from the configuration, so the graph is always a function of config + log.
+    """
+
+    def __init__(self, depends_on: Mapping[str, Sequence[str]]) -> None:
+        self._spec = {name: list(deps) for name, deps in depends_on.items()}
+        self.managed = frozenset(self._spec)
+        self._graph = DependencyGraph(self._spec)
+        self._applied: list[tuple[str, str]] = []
+
+    def for_state(self, state: FleetState) -> DependencyGraph:
+        learned = state.learned_edges
+        n = len(self._applied)
+        if len(learned) < n or (n and learned[n - 1] != self._applied[-1]):
+            self._graph = DependencyGraph(self._spec)
+            self._applied = []
+            n = 0
+        for component, dependency in learned[n:]:
+            self._graph.add_learned_edge(component, dependency)
+            self._applied.append((component, dependency))
+        return self._graph
+
+
+@dataclass
+class AnalysisContext:
+    """Everything Analyze reads besides the snapshot: derived from configuration only."""
+
+    taxonomy: Taxonomy
+    supervised: frozenset[str] = frozenset()
+    graph: GraphCache = field(default_factory=lambda: GraphCache({}))
+    hosts: Mapping[str, str] = field(default_factory=dict)  # component -> host, where known
+    settings: AnalysisSettings = field(default_factory=AnalysisSettings)
+
+    @classmethod
+    def from_config(
+        cls, config: HealerConfig, taxonomy: Taxonomy, settings: AnalysisSettings | None = None
+    ) -> AnalysisContext:
+        comps = config.components
+        supervised = frozenset(n for n, c in comps.items() if c.command is not None)
+        hosts: dict[str, str] = {}
+        for name, comp in comps.items():
+            host = comp.labels.get("host") or (DEFAULT_HOST if name in supervised else None)
+            if host is not None:
+                hosts[name] = host
+        if settings is None:
+            analysis = getattr(config, "analysis", None)
+            settings = AnalysisSettings(
+                settle_time=float(getattr(analysis, "settle_time", AnalysisSettings.settle_time))
+            )
+        return cls(
+            taxonomy,
+            supervised,
+            GraphCache({n: list(c.depends_on) for n, c in comps.items()}),
+            hosts,
+            settings,
+        )
+
+
+# -- entry points ---------------------------------------------------------------------------------
 def analyze(
-    state: FleetState, ev: RecordedEvent, now: float, taxonomy: Taxonomy, supervised: frozenset[str]
+    state: FleetState,
+    ev: RecordedEvent,
+    now: float,
+    taxonomy: Taxonomy,
+    supervised: frozenset[str],
+    ctx: AnalysisContext | None = None,
 ) -> list[Event]:
-    """Decisions caused by ``ev``; ``state`` already includes ``ev``."""
-    if ev.component is None:
+    """Decisions caused by one event; ``state`` already includes it."""
+    if ev.type not in OBSERVATIONS:
         return []
-    if ev.type == T.PROCESS_EXITED:
-        if ev.data.get("expected"):
-            return []
-        facts: dict[str, Any] = {"observation": ev.type, "supervised": True, "process_alive": False}
-        facts.update({k: ev.data[k] for k in ("exit_code", "signal", "pid") if k in ev.data})
-        return _on_failure(state, ev, now, taxonomy, facts, "process exited")
-    if ev.type == T.COMPONENT_FAILED:
-        comp = state.component(ev.component)
-        is_supervised = ev.component in supervised
-        facts = {
-            "observation": ev.type,
-            "supervised": is_supervised,
-            "process_alive": comp.process_running if is_supervised else None,
-            "health": "failing",
-            "failing_probes": list(ev.data.get("failing", [])),
-            "probes": ev.data.get("probes", {}),
-        }
-        return _on_failure(state, ev, now, taxonomy, facts, "health checks failing")
-    if ev.type == T.COMPONENT_RECOVERED:
-        return _on_recovery(state, ev, now)
-    return []
+    return analyze_batch(state, [ev], now, ctx or AnalysisContext(taxonomy, supervised))
 
 
-def _on_failure(
-    state: FleetState, ev: RecordedEvent, now: float, taxonomy: Taxonomy, facts: dict[str, Any], why: str
+def analyze_batch(
+    state: FleetState, observations: Sequence[RecordedEvent], now: float, ctx: AnalysisContext
 ) -> list[Event]:
-    comp = ev.component
-    assert comp is not None
-    inc = state.active_for(comp)
-    if inc is not None:
-        # A process dying under verification fails the attempt; any other repeat observation
-        # belongs to the incident already open (deduplication: no second incident).
-        if inc.phase == "verifying" and ev.type == T.PROCESS_EXITED:
-            return [
-                Event(
-                    T.VERIFICATION_FAILED,
-                    now,
-                    comp,
-                    inc.id,
-                    {
-                        "reason": f"process exited during verification ({_exit_text(ev.data)})",
-                        "cause": ev.position,
-                    },
-                )
-            ]
-        if inc.phase == "verifying" and ev.type == T.COMPONENT_FAILED and _stable_for(inc) > 0:
-            # The step's verification asks for a stretch of health: failing again breaks it.
-            return [
-                Event(
-                    T.VERIFICATION_FAILED,
-                    now,
-                    comp,
-                    inc.id,
-                    {
-                        "reason": f"failed again before staying healthy for {_stable_for(inc):g}s",
-                        "cause": ev.position,
-                    },
-                )
-            ]
-        return []
-    cls = taxonomy.classify(facts)
-    failure_class = cls.name if cls is not None else "unclassified"
-    iid = state.next_incident
-    evidence = {k: v for k, v in facts.items() if v is not None}
-    return [
-        Event(
-            T.INCIDENT_DETECTED,
-            now,
-            comp,
-            iid,
-            {"cause": ev.position, "observation": ev.type, "evidence": evidence},
-        ),
-        Event(
-            T.INCIDENT_DIAGNOSED,
-            now,
-            comp,
-            iid,
-            {
-                "failure_class": failure_class,
-                "description": cls.description if cls is not None else "no taxonomy class matched",
-                "root_cause": comp,
-                "symptoms": [],
-                "evidence": evidence,
-                "summary": f"{comp}: {failure_class} ({why})",
-            },
-        ),
-    ]
+    """Decisions caused by a batch of observations, all already applied to ``state``.
+
+    Which components are roots and which are symptoms does not depend on the order of the
+    observations in the batch: the traversal runs once, over the failing set they leave.
+    """
+    run = _Analysis(state, now, ctx)
+    for rec in observations:
+        run.observe(rec)
+    run.diagnose()
+    return run.out
 
 
-def _on_recovery(state: FleetState, ev: RecordedEvent, now: float) -> list[Event]:
-    comp = ev.component
-    assert comp is not None
-    inc = state.active_for(comp)
-    if inc is None:
-        return []
-    if inc.phase == "verifying" and _stable_for(inc) > 0:
-        return []  # verified by analyze_deadlines once it has stayed healthy long enough
-    if inc.phase == "verifying":
-        step = inc.actions[-1] if inc.actions else None
-        took = now - step.finished_at if step is not None and step.finished_at is not None else None
-        return [
-            Event(T.INCIDENT_VERIFIED, now, comp, inc.id, {"cause": ev.position, "verified_after": took}),
-            _resolved(inc, now, "remediated", ev.position),
-        ]
-    if inc.phase == "acting":
-        return []  # the action in flight decides; its own verification follows
-    resolution = "recovered after escalation" if inc.status == "escalated" else "recovered without action"
-    return [_resolved(inc, now, resolution, ev.position)]
-
-
-def _resolved(inc: IncidentView, now: float, resolution: str, cause: int) -> Event:
-    return Event(
-        T.INCIDENT_RESOLVED,
-        now,
-        inc.component,
-        inc.id,
-        {"resolution": resolution, "cause": cause, "rto_achieved": round(now - inc.opened_at, 6)},
-    )
-
-
-def analyze_deadlines(state: FleetState, now: float) -> list[Event]:
-    """Verification deadlines that passed without the component coming back."""
-    out = []
+def analyze_deadlines(state: FleetState, now: float, ctx: AnalysisContext | None = None) -> list[Event]:
+    """Verification deadlines that passed, and symptoms whose settle time is over."""
+    out: list[Event] = []
+    closer = _Analysis(state, now, ctx) if ctx is not None else None
     for comp, iid in sorted(state.active_incident.items()):
         inc = state.incidents[iid]
         stable = _stable_for(inc)
@@ -166,7 +162,10 @@ def analyze_deadlines(state: FleetState, now: float) -> list[Event]:
                             {"verified_after": round(since - finished, 6), "stable_for": stable},
                         )
                     )
-                    out.append(_resolved(inc, now, "remediated", state.position))
+                    if closer is not None:
+                        closer.close(inc, "remediated", state.position)
+                    else:
+                        out.append(_resolved_event(inc, now, "remediated", state.position))
                 continue  # healthy and proving it: the deadline was for becoming healthy
         if inc.phase == "verifying" and inc.verify_deadline is not None and now >= inc.verify_deadline:
             timeout = (inc.plan or {}).get("verify_timeout")
@@ -179,12 +178,661 @@ def analyze_deadlines(state: FleetState, now: float) -> list[Event]:
                     {"reason": f"not healthy within the verification timeout ({timeout}s)"},
                 )
             )
+    if closer is not None:
+        out.extend(closer.out)
+    if ctx is None or not state.symptoms:
+        return out
+    run = _Analysis(state, now, ctx)
+    run.closed.update(closer.closed if closer is not None else {})
+    for comp, sv in sorted(state.symptoms.items()):
+        if sv.settle_until is None or now < sv.settle_until or run.any_open(sv.incidents):
+            continue
+        still = comp in state.failing
+        roots = ", ".join(sv.roots)
+        reason = (
+            f"{comp} still failing {ctx.settings.settle_time:g}s after {roots} recovered: "
+            "diagnosed on its own"
+            if still
+            else f"{comp} recovered without action after {roots} recovered"
+        )
+        run.emit(
+            T.SYMPTOM_RELEASED,
+            comp,
+            sv.incidents[-1] if sv.incidents else None,
+            {"outcome": "still_failing" if still else "recovered", "roots": sv.roots, "reason": reason},
+        )
+        run.released.add(comp)
+        if still:
+            run.trigger(comp, SETTLE, None)
+    run.diagnose()
+    out.extend(run.out)
     return out
 
 
-def _stable_for(inc: IncidentView) -> float:
-    """How long the component must stay healthy after the step (the policy's verify.stable_for)."""
-    return float((inc.plan or {}).get("verify_stable_for") or 0)
+# -- the analysis of one batch --------------------------------------------------------------------
+class _Analysis:
+    """One batch's decisions, with an overlay of what they change that the snapshot cannot show
+    yet (incidents closed, symptoms released, incidents opened): the events are applied only
+    after the whole batch is decided."""
+
+    def __init__(self, state: FleetState, now: float, ctx: AnalysisContext) -> None:
+        self.s = state
+        self.now = now
+        self.ctx = ctx
+        self.tax = ctx.taxonomy
+        self.out: list[Event] = []
+        self.closed: dict[int, float] = {}  # incident -> when this batch closed it
+        self.released: set[str] = set()
+        self.opened: dict[str, int] = {}  # component -> incident opened by this batch
+        self.opened_ids: set[int] = set()
+        self.next_id = state.next_incident
+        # component -> (observation type, cause position) of its first trigger in this batch
+        self.triggers: dict[str, tuple[str, int | None]] = {}
+        self.reports: dict[str, list[RecordedEvent]] = {}
+        # component -> why it waits instead of being a root: a dependency that just recovered or
+        # is still starting (see _pending_dependency)
+        self.late: dict[str, _Pending] = {}
+        self._graph: DependencyGraph | None = None
+        self._hosts: dict[str, tuple[int, list[str]]] | None = None
+
+    # -- overlay reads ------------------------------------------------------------------------
+    def active(self, comp: str) -> IncidentView | None:
+        inc = self.s.active_for(comp)
+        return None if inc is None or inc.id in self.closed else inc
+
+    def symptom(self, comp: str) -> SymptomView | None:
+        return None if comp in self.released else self.s.symptoms.get(comp)
+
+    def is_open(self, iid: int) -> bool:
+        if iid in self.closed:
+            return False
+        if iid in self.opened_ids:
+            return True
+        inc = self.s.incidents.get(iid)
+        return inc is not None and self.s.active_incident.get(inc.component) == iid
+
+    def any_open(self, incidents: Sequence[int]) -> bool:
+        return any(self.is_open(i) for i in incidents)
+
+    def graph(self) -> DependencyGraph:
+        if self._graph is None:
+            self._graph = self.ctx.graph.for_state(self.s)
+        return self._graph
+
+    def emit(self, etype: str, comp: str, incident: int | None, data: dict[str, Any]) -> None:
+        self.out.append(Event(etype, self.now, comp, incident, data))
+
+    def trigger(self, comp: str, observation: str, cause: int | None) -> None:
+        # The first observation in the batch is the cause (a process exit, not the failed
+        # health check it also caused).
+        self.triggers.setdefault(comp, (observation, cause))
+
+    # -- lifecycle, per observation in order ----------------------------------------------------
+    def observe(self, rec: RecordedEvent) -> None:
+        comp = rec.component
+        if comp is None:
+            return
+        t = rec.type
+        if t == T.PROCESS_EXITED:
+            if rec.data.get("expected"):
+                return
+            inc = self.active(comp)
+            if inc is not None and inc.phase == "verifying":
+                # A process dying under verification fails the attempt.
+                self.emit(
+                    T.VERIFICATION_FAILED,
+                    comp,
+                    inc.id,
+                    {
+                        "reason": f"process exited during verification ({_exit_text(rec.data)})",
+                        "cause": rec.position,
+                    },
+                )
+            self.trigger(comp, t, rec.position)
+        elif t == T.COMPONENT_FAILED:
+            inc = self.active(comp)
+            if inc is not None and inc.phase == "verifying" and _stable_for(inc) > 0:
+                # The step's verification asks for a stretch of health: failing again breaks it.
+                self.emit(
+                    T.VERIFICATION_FAILED,
+                    comp,
+                    inc.id,
+                    {
+                        "reason": f"failed again before staying healthy for {_stable_for(inc):g}s",
+                        "cause": rec.position,
+                    },
+                )
+            self.trigger(comp, t, rec.position)
+        elif t == T.COMPONENT_RECOVERED:
+            self._recovered(comp, rec)
+        elif t == T.BREAKER_TRANSITIONED:
+            dep = rec.data.get("dependency")
+            if not isinstance(dep, str) or not dep or dep == comp:
+                return
+            if rec.data.get("state") == "open":
+                self.trigger(dep, t, rec.position)
+            elif rec.data.get("state") == "closed":
+                self._breaker_closed(dep, rec)
+            # A learned edge can make the reporter a symptom of the dependency: look again.
+            self.trigger(comp, t, rec.position)
+        elif t == T.AGENT_REPORTED:
+            self.reports.setdefault(comp, []).append(rec)
+            self._report_cleared(comp, rec)
+            self.trigger(comp, t, rec.position)
+
+    def _recovered(self, comp: str, rec: RecordedEvent) -> None:
+        sv = self.symptom(comp)
+        if sv is not None:
+            open_ids = [i for i in sv.incidents if self.is_open(i)]
+            where = f"incident {', '.join(map(str, open_ids))} still open" if open_ids else "root recovered"
+            self.emit(
+                T.SYMPTOM_RELEASED,
+                comp,
+                sv.incidents[-1] if sv.incidents else None,
+                {
+                    "outcome": "recovered",
+                    "roots": sv.roots,
+                    "cause": rec.position,
+                    "reason": f"{comp} recovered without action ({where})",
+                },
+            )
+            self.released.add(comp)
+        inc = self.active(comp)
+        if inc is None:
+            return
+        if inc.phase == "verifying" and _stable_for(inc) > 0:
+            return  # verified by analyze_deadlines once it has stayed healthy long enough
+        if inc.phase == "verifying":
+            step = inc.actions[-1] if inc.actions else None
+            took = self.now - step.finished_at if step is not None and step.finished_at is not None else None
+            self.emit(T.INCIDENT_VERIFIED, comp, inc.id, {"cause": rec.position, "verified_after": took})
+            self.close(inc, "remediated", rec.position)
+        elif inc.phase == "acting":
+            return  # the action in flight decides; its own verification follows
+        elif inc.evidence.get("observation") == T.AGENT_REPORTED or comp in self.s.open_breakers_on:
+            return  # passing probes do not cure reported corruption, nor close dependents' breakers
+        else:
+            escalated = inc.status == "escalated"
+            self.close(
+                inc, "recovered after escalation" if escalated else "recovered without action", rec.position
+            )
+
+    def _breaker_closed(self, dep: str, rec: RecordedEvent) -> None:
+        """The last open breaker on a dependency closed and the dependency passes its own checks:
+        its outage is over without action (unless an action is under way and will verify)."""
+        if dep in self.s.open_breakers_on or dep in self.s.failing:
+            return
+        inc = self.active(dep)
+        if inc is None or inc.phase in ("acting", "verifying"):
+            return
+        reporter = rec.component
+        self.close(inc, f"breakers closed ({reporter} reports {dep} working again)", rec.position)
+
+    def _report_cleared(self, comp: str, rec: RecordedEvent) -> None:
+        """An agent-reported condition (quality, corruption) reported good again ends its incident."""
+        inc = self.active(comp)
+        kind = rec.data.get("kind")
+        if inc is None or inc.evidence.get("report_kind") != kind or inc.phase in ("acting", "verifying"):
+            return
+        match = self.tax.classify(self._report_facts(comp, rec))
+        if match is None or match.name != inc.failure_class:
+            value = rec.data.get("value")
+            self.close(inc, f"agent reports {kind} {value!r}: condition cleared", rec.position)
+
+    def close(self, inc: IncidentView, resolution: str, cause: int | None, settle: bool = True) -> None:
+        self.emit(
+            T.INCIDENT_RESOLVED,
+            inc.component,
+            inc.id,
+            {"resolution": resolution, "cause": cause, "rto_achieved": round(self.now - inc.opened_at, 6)},
+        )
+        self.closed[inc.id] = self.now
+        if not settle:
+            return
+        # Symptoms whose every root incident is now closed are looked at again after settling.
+        settle_s = self.ctx.settings.settle_time
+        for name in inc.symptoms:
+            sv = self.symptom(name)
+            if sv is None or inc.id not in sv.incidents or self.any_open(sv.incidents):
+                continue
+            self.emit(
+                T.SYMPTOM_SETTLING,
+                name,
+                inc.id,
+                {
+                    "roots": sv.roots,
+                    "settle_until": self.now + settle_s,
+                    "settle_s": settle_s,
+                    "reason": f"{inc.component} recovered: {name} is re-evaluated in {settle_s:g}s",
+                },
+            )
+
+    # -- diagnosis of new failures: one traversal over the failing set ---------------------------
+    def diagnose(self) -> None:
+        if not self.triggers:
+            return
+        s = self.s
+        new: list[str] = []
+        reported: dict[str, tuple[Match, RecordedEvent]] = {}
+        for comp in self.triggers:
+            if self.active(comp) is not None or self.symptom(comp) is not None:
+                continue  # a repeat of a failure already handled: the fold extends its incident
+            for rec in reversed(self.reports.get(comp, [])):
+                match = self.tax.classify(self._report_facts(comp, rec))
+                if match is not None:
+                    reported[comp] = (match, rec)
+                    break
+            if comp in reported or comp in s.failing or comp in s.open_breakers_on:
+                new.append(comp)
+        merges = self._merge_candidates()
+        if not new and not merges:
+            return
+        failed = set(s.failing)
+        failed.update(c for c, i in s.active_incident.items() if i not in self.closed)
+        failed.update(c for c in s.symptoms if c not in self.released)
+        failed.update(s.open_breakers_on)
+        failed.update(reported)
+        graph = self.graph()
+        result = graph.analyze(failed)
+        merges = [x for x in merges if x in result.symptoms]
+
+        # Agent-reported conditions are the agent's own: never a symptom of anything.
+        roots = sorted(c for c in new if c in reported or c in result.roots)
+        symptoms = sorted(c for c in new if c not in reported and c in result.symptoms)
+        for comp in roots:
+            # A component re-evaluated after settling waits no more: it is diagnosed now.
+            if comp not in reported and self.triggers.get(comp, (None, None))[0] != SETTLE:
+                found = self._pending_dependency(comp, graph, failed)
+                if found is not None:
+                    self.late[comp] = found
+        roots = [c for c in roots if c not in self.late]
+        # Roots of the new symptoms (and of superseded incidents) that have no incident get one.
+        needing = {
+            r
+            for x in (*symptoms, *merges)
+            for r in result.symptoms[x]
+            if self.active(r) is None and self.symptom(r) is None and r not in roots and r not in self.late
+        }
+        roots = sorted({*roots, *needing})
+        for comp in roots:
+            self.opened[comp] = self.next_id
+            self.opened_ids.add(self.next_id)
+            self.next_id += 1
+
+        attached = {x: self._targets(result.symptoms[x]) for x in (*symptoms, *merges)}
+        existing = [
+            x
+            for x in sorted(s.symptoms)
+            if x not in self.released and x in result.symptoms and x not in attached
+        ]
+        for x in existing:
+            attached[x] = self._targets(result.symptoms[x])
+        for comp in roots:
+            group = sorted(x for x in (*symptoms, *merges) if comp in result.symptoms[x])
+            self._open_incident(comp, reported.get(comp), group, graph, result, failed)
+        for x in merges:
+            ids, _ = attached[x]
+            open_ids = [i for i in ids if self.is_open(i)]
+            if not open_ids:
+                continue  # its roots are only settling symptoms: keep its own incident
+            inc = self.active(x)
+            assert inc is not None
+            via = ", ".join(sorted(result.symptoms[x]))
+            self.emit(
+                T.INCIDENT_RESOLVED,
+                x,
+                inc.id,
+                {
+                    "resolution": f"superseded: symptom of {via} (incident {', '.join(map(str, open_ids))})",
+                    "merged_into": open_ids,
+                    "cause": self.triggers.get(x, (None, None))[1],
+                    "rto_achieved": round(self.now - inc.opened_at, 6),
+                },
+            )
+            self.closed[inc.id] = self.now
+            self._suppress(x, result, failed, graph)
+        for x in symptoms:
+            self._suppress(x, result, failed, graph)
+        for x in existing:
+            ids, _ = attached[x]
+            sv = s.symptoms[x]
+            added = [i for i in ids if i not in sv.incidents and self.is_open(i)]
+            if added:
+                self._suppress(x, result, failed, graph, only=added)
+        for comp, pending in sorted(self.late.items()):
+            self._suppress_late(comp, pending, failed)
+
+    def _merge_candidates(self) -> list[str]:
+        """Open incidents that the traversal may turn into symptoms (not agent reports)."""
+        if not self.triggers:
+            return []
+        return [
+            x
+            for x, iid in sorted(self.s.active_incident.items())
+            if iid not in self.closed
+            and self.s.incidents[iid].evidence.get("observation") != T.AGENT_REPORTED
+        ]
+
+    def _targets(self, roots: frozenset[str]) -> tuple[list[int], float | None]:
+        """The incidents a symptom of ``roots`` joins, and its settle deadline if none is open."""
+        ids: list[int] = []
+        settle: list[float] = []
+        for root in sorted(roots):
+            if root in self.opened:
+                ids.append(self.opened[root])
+                continue
+            inc = self.active(root)
+            if inc is not None:
+                ids.append(inc.id)
+                continue
+            sv = self.symptom(root)
+            if sv is not None:
+                # The root is itself a symptom whose roots recovered: inherit its settling.
+                ids.extend(i for i in sv.incidents if i not in ids)
+                if sv.settle_until is not None:
+                    settle.append(sv.settle_until)
+            elif root in self.late:
+                pending = self.late[root]
+                if pending.incident is not None and pending.incident not in ids:
+                    ids.append(pending.incident)
+                settle.append(pending.settle_until)
+        if any(self.is_open(i) for i in ids):
+            return ids, None
+        return ids, max(settle) if settle else self.now + self.ctx.settings.settle_time
+
+    def _pending_dependency(self, comp: str, graph: DependencyGraph, failed: set[str]) -> _Pending | None:
+        """A direct dependency that is not yet known to be healthy, so ``comp`` failing now is most
+        likely its symptom, not a root: one whose incident closed less than the settle time ago
+        (its dependents lag behind its recovery), or a supervised one whose process (re)started
+        and has not passed its probes yet (its dependents fail while it starts). ``comp`` then
+        waits one settle time; if it still fails, it is diagnosed on its own."""
+        if comp not in graph:
+            return None
+        settle = self.ctx.settings.settle_time
+        for dep in sorted(graph.dependencies(comp)):
+            view = self.s.components.get(dep)
+            if dep in failed or view is None:
+                continue
+            inc = self.s.incidents.get(view.last_incident) if view.last_incident is not None else None
+            if inc is not None:
+                closed_at = self.closed.get(inc.id, inc.resolved_at if inc.status == "resolved" else None)
+                if closed_at is not None and self.now - closed_at < settle:
+                    why = f"{dep} recovered {self.now - closed_at:.1f}s ago (incident {inc.id})"
+                    return _Pending(dep, inc.id, closed_at + settle, why)
+            if dep in self.ctx.supervised and view.process_running and view.health == "unknown":
+                since = view.health_since if view.health_since is not None else self.now
+                why = f"{dep} is starting (up {self.now - since:.1f}s, not yet healthy)"
+                return _Pending(dep, None, self.now + settle, why)
+        return None
+
+    # -- events ---------------------------------------------------------------------------------
+    def _open_incident(
+        self,
+        comp: str,
+        report: tuple[Match, RecordedEvent] | None,
+        group: list[str],
+        graph: DependencyGraph,
+        result: RootCauseResult,
+        failed: set[str],
+    ) -> None:
+        iid = self.opened[comp]
+        observation, cause = self.triggers.get(comp, (None, None))
+        match: Match | None
+        if report is not None:
+            match, rec = report
+            facts: dict[str, Any] = self._report_facts(comp, rec)
+            observation, cause = rec.type, rec.position
+        else:
+            lazy = self._facts(comp, observation, [], result, failed)
+            match = lazy.classify(self.tax)
+            facts = lazy.computed()
+        if observation is None:
+            # A root found only because symptoms point at it (a breaker-suspected dependency).
+            observation = "dependency_of_failing"
+            facts["observation"] = observation
+        evidence = _evidence(facts)
+        failure_class = match.name if match is not None else "unclassified"
+        if match is not None:
+            evidence["signature"] = match.signature.id
+        why = match.signature.why if match is not None else "no taxonomy signature matched"
+        limit = self.ctx.settings.blast_radius_limit
+        blast, complete = graph.downstream_bounded(comp, limit) if comp in graph else ([], True)
+        self.emit(
+            T.INCIDENT_DETECTED,
+            comp,
+            iid,
+            # The full evidence is in the diagnosis, right after: here only what was seen.
+            {"cause": cause, "observation": observation, "evidence": _summary(evidence)},
+        )
+        self.emit(
+            T.INCIDENT_DIAGNOSED,
+            comp,
+            iid,
+            {
+                "failure_class": failure_class,
+                "description": match.failure_class.description if match is not None else why,
+                "signature": match.signature.id if match is not None else None,
+                "root_cause": comp,
+                "symptoms": group,
+                "blast_radius": blast,
+                "blast_radius_complete": complete,
+                "evidence": evidence,
+                "summary": f"{comp}: {failure_class} ({why})",
+            },
+        )
+
+    def _suppress(
+        self,
+        comp: str,
+        result: RootCauseResult,
+        failed: set[str],
+        graph: DependencyGraph,
+        only: list[int] | None = None,
+    ) -> None:
+        roots = sorted(result.symptoms[comp])
+        ids, settle_until = self._targets(result.symptoms[comp])
+        if only is not None:
+            ids = only
+        deps = sorted(graph.dependencies(comp) & failed) if comp in graph else []
+        observation, cause = self.triggers.get(comp, (None, None))
+        lazy = self._facts(comp, observation, deps, result, failed)
+        match = lazy.classify(self.tax)
+        evidence = _evidence(lazy.computed())
+        if match is not None:
+            evidence["signature"] = match.signature.id
+        data: dict[str, Any] = {
+            "roots": roots,
+            "incidents": ids,
+            "failure_class": match.name if match is not None else "unclassified",
+            "evidence": evidence,
+            "cause": cause,
+            "reason": f"remediation of {comp} suppressed: symptom of {', '.join(roots)}, "
+            f"incident {', '.join(map(str, ids))}",
+        }
+        if settle_until is not None:
+            data["settle_until"] = settle_until
+        self.emit(T.SYMPTOM_SUPPRESSED, comp, ids[0] if ids else None, data)
+
+    def _suppress_late(self, comp: str, pending: _Pending, failed: set[str]) -> None:
+        observation, cause = self.triggers.get(comp, (None, None))
+        # Its dependency is not available (yet): that is the failing dependency it shows.
+        lazy = self._facts(comp, observation, [pending.dependency], None, failed)
+        match = lazy.classify(self.tax)
+        evidence = _evidence(lazy.computed())
+        evidence["pending_dependency"] = pending.dependency
+        ids = [pending.incident] if pending.incident is not None else []
+        self.emit(
+            T.SYMPTOM_SUPPRESSED,
+            comp,
+            pending.incident,
+            {
+                "roots": [pending.dependency],
+                "incidents": ids,
+                "failure_class": match.name if match is not None else "unclassified",
+                "evidence": evidence,
+                "cause": cause,
+                "settle_until": pending.settle_until,
+                "late": True,
+                "reason": f"remediation of {comp} suppressed: {pending.why}; "
+                f"re-evaluated in {pending.settle_until - self.now:.1f}s",
+            },
+        )
+
+    # -- facts ----------------------------------------------------------------------------------
+    def _report_facts(self, comp: str, rec: RecordedEvent) -> dict[str, Any]:
+        d = rec.data
+        return {
+            "observation": rec.type,
+            "supervised": comp in self.ctx.supervised,
+            "managed": comp in self.ctx.graph.managed,
+            "report_kind": d.get("kind"),
+            "report_value": d.get("value"),
+            "report_detail": d.get("detail"),
+        }
+
+    def _facts(
+        self,
+        comp: str,
+        observation: str | None,
+        failing_deps: list[str],
+        result: RootCauseResult | None,
+        failed: set[str],
+    ) -> _LazyFacts:
+        s = self.s
+        c = s.component(comp)
+        tax = self.tax
+        supervised = comp in self.ctx.supervised
+        probes = c.evidence.get("probes")
+        if not isinstance(probes, dict):
+            probes = {}
+        failing_names: list[str] = []
+        types_seen: set[str] = set()
+        values_seen: list[dict[str, Any]] = []
+        process_status = None
+        for name, p in probes.items():
+            if not isinstance(p, dict):
+                continue
+            kind = p.get("type")
+            if kind == "process" and isinstance(p.get("values"), dict):
+                process_status = p["values"].get("status")
+            if p.get("status") == "failing":
+                failing_names.append(name)
+                types_seen.add(str(kind))
+                if isinstance(p.get("values"), dict):
+                    values_seen.append(p["values"])
+        failing_names.sort()
+        types = sorted(types_seen)
+        network = tax.network_probe_types
+        window_start = self.now - tax.transition_window
+        facts: dict[str, Any] = {
+            "observation": observation,
+            "supervised": supervised,
+            "managed": comp in self.ctx.graph.managed,
+            "process_alive": c.process_running if supervised else None,
+            "process_status": process_status,
+            "health": c.health,
+            "failing_probes": failing_names,
+            "failing_probe_types": types,
+            "network_probes_failing": not types_seen.isdisjoint(network),
+            "local_probes_failing": not types_seen.isdisjoint(tax.local_probe_types),
+            "only_network_probes_failing": bool(types_seen) and types_seen <= network,
+            "transitions": sum(1 for ts in c.transitions if ts > window_start),
+            "open_breakers": len(s.open_breakers_on.get(comp, ())),
+            "failing_dependencies": failing_deps,
+            "probes": probes,
+        }
+        if supervised and not c.process_running and c.last_exit is not None:
+            for key in ("exit_code", "signal", "pid"):
+                if key in c.last_exit:
+                    facts[key] = c.last_exit[key]
+        for values in values_seen:
+            for key, value in values.items():
+                facts.setdefault(f"values.{key}", value)
+        reporters = s.open_breakers_on.get(comp)
+        if reporters:
+            facts["breakers"] = {
+                r: s.components[r].breakers.get(comp, {}) for r in sorted(reporters) if r in s.components
+            }
+        return _LazyFacts(facts, _PEER_FACTS, self._peers(comp, result))
+
+    def _peers(self, comp: str, result: RootCauseResult | None) -> Callable[[], dict[str, Any]]:
+        def compute() -> dict[str, Any]:
+            host = self.ctx.hosts.get(comp)
+            if host is None:
+                return {"peers_healthy": None, "peers_failing": None, "peers_healthy_ratio": None}
+            if self._hosts is None:
+                self._hosts = self._count_hosts()
+            healthy, failing = self._hosts.get(host, (0, []))
+            if self.s.component(comp).health == "healthy":
+                healthy -= 1
+            # Its own symptoms fail because of it: they say nothing about the host's network.
+            symptoms = result.symptoms if result is not None else {}
+            bad = sum(1 for x in failing if x != comp and comp not in symptoms.get(x, ()))
+            ratio = healthy / (healthy + bad) if healthy + bad else None
+            return {"peers_healthy": healthy, "peers_failing": bad, "peers_healthy_ratio": ratio}
+
+        return compute
+
+    def _count_hosts(self) -> dict[str, tuple[int, list[str]]]:
+        counts: dict[str, tuple[int, list[str]]] = {}
+        comps = self.s.components
+        failing = self.s.failing
+        for name, host in self.ctx.hosts.items():
+            healthy, bad = counts.get(host, (0, []))
+            view = comps.get(name)
+            if name in failing:
+                bad.append(name)
+            elif view is not None and view.health == "healthy":
+                healthy += 1
+            counts[host] = (healthy, bad)
+        return counts
+
+
+_PEER_FACTS = frozenset({"peers_healthy", "peers_failing", "peers_healthy_ratio"})
+
+
+@dataclass(frozen=True)
+class _Pending:
+    dependency: str
+    incident: int | None  # the dependency's incident that just closed, if that is the reason
+    settle_until: float
+    why: str
+
+
+class _LazyFacts:
+    """Facts as a plain dict (signatures read it thousands of times per storm), with the few
+    expensive ones (peer counts, O(components)) added only before the first signature that
+    reads them."""
+
+    def __init__(
+        self, facts: dict[str, Any], lazy: frozenset[str], compute: Callable[[], dict[str, Any]]
+    ) -> None:
+        self.facts = facts
+        self._lazy = lazy
+        self._compute: Callable[[], dict[str, Any]] | None = compute
+
+    def before(self, sig: Signature) -> None:
+        if self._compute is not None and not sig.uses.isdisjoint(self._lazy):
+            self.facts.update(self._compute())
+            self._compute = None
+
+    def classify(self, taxonomy: Taxonomy) -> Match | None:
+        return taxonomy.classify(self.facts, self.before)
+
+    def computed(self) -> dict[str, Any]:
+        return self.facts
+
+
+_SUMMARY = ("observation", "health", "process_alive", "failing_probes", "signal", "exit_code", "report_kind")
+
+
+def _evidence(facts: Mapping[str, Any]) -> dict[str, Any]:
+    """The facts worth recording: absent (null) and empty ones say nothing."""
+    return {k: v for k, v in facts.items() if v is not None and v != []}
+
+
+def _summary(evidence: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: evidence[k] for k in _SUMMARY if k in evidence}
 
 
 def _exit_text(data: Any) -> str:
@@ -193,3 +841,18 @@ def _exit_text(data: Any) -> str:
     if "exit_code" in data:
         return f"exit status {data['exit_code']}"
     return "exited"
+
+
+def _stable_for(inc: IncidentView) -> float:
+    """How long the component must stay healthy after the step (the policy's verify.stable_for)."""
+    return float((inc.plan or {}).get("verify_stable_for") or 0)
+
+
+def _resolved_event(inc: IncidentView, now: float, resolution: str, cause: int) -> Event:
+    return Event(
+        T.INCIDENT_RESOLVED,
+        now,
+        inc.component,
+        inc.id,
+        {"resolution": resolution, "cause": cause, "rto_achieved": round(now - inc.opened_at, 6)},
+    )

@@ -168,6 +168,32 @@ class DependencyGraph:
         self._require(component)
         return set(self._descendants(component, self._generation))
 
+    def downstream_bounded(self, component: str, limit: int) -> tuple[list[str], bool]:
+        """Up to ``limit`` components downstream of ``component`` (nearest first, BFS) and
+        whether that is all of them.
+
+        For recording a blast radius in every diagnosis: a root high up in a 100,000-node graph
+        has tens of thousands of dependents, and walking them all per incident would cost more
+        than the whole storm analysis. The walk stops as soon as it has ``limit + 1`` nodes; which
+        ones it keeps depends only on the graph's insertion order (config order, then learned
+        edges in log order), so replay records the same list.
+        """
+        succ = self._g._succ  # the raw adjacency dicts: networkx's views cost a wrapper per access
+        if component not in succ:
+            return [], True
+        seen = {component}
+        out: list[str] = []
+        queue = deque([component])
+        while queue:
+            for child in succ[queue.popleft()]:
+                if child not in seen:
+                    if len(out) == limit:
+                        return out, False
+                    seen.add(child)
+                    out.append(child)
+                    queue.append(child)
+        return out, True
+
     def analyze(self, failed: Iterable[str]) -> RootCauseResult:
         """Split a set of failed components into root causes and their symptoms.
 
@@ -187,7 +213,7 @@ class DependencyGraph:
         radius. The result does not depend on the iteration order of ``failed``.
         """
         failed_set = set(failed)
-        pred = self._g.pred
+        pred = self._g._pred  # raw adjacency dicts, as in downstream_bounded
         pending: dict[str, int] = {}
         children: dict[str, list[str]] = {}
         roots: list[str] = []
@@ -238,7 +264,7 @@ class DependencyGraph:
 
     def _descendants(self, start: str, as_of: int) -> frozenset[str]:
         """Forward BFS from ``start`` ignoring edges learned after generation ``as_of``."""
-        succ = self._g.succ
+        succ = self._g._succ
         if start not in succ:
             return _EMPTY
         seen = {start}

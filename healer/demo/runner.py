@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import socket
@@ -131,14 +130,10 @@ async def run_demo(state_dir: Path | None, timeout: float = 45.0) -> int:
     out.say(f"healer demo: state directory {state_dir}")
     out.say(f"starting a fleet: {SERVICE} and agents {', '.join(AGENTS)} (real processes)")
     daemon = Daemon(config, on_event=out.event)
-    task = asyncio.create_task(daemon.run(), name="healer-daemon")
     deadline = time.monotonic() + timeout
     resolved: list[int] = []
-    try:
-        ready = asyncio.create_task(daemon.wait_ready())
-        await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            return await task
+    ok = False
+    async with daemon:  # every stage running; leaving the block stops it cleanly
         state = daemon.state
         assert state is not None
 
@@ -166,10 +161,6 @@ async def run_demo(state_dir: Path | None, timeout: float = 45.0) -> int:
         resolved = [i.id for i in state.incidents.values() if i.status == "resolved"]
         if not ok:
             out.say("healer did not heal both faults in time", "bold red")
-    finally:
-        daemon.request_stop()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 20)
     assert daemon.state is not None
     _summary(out, daemon.state)
     out.say(f"state directory: {state_dir}")

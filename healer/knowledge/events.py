@@ -32,6 +32,9 @@ class EventType(StrEnum):
     VERIFICATION_FAILED = "incident.verification_failed"
     INCIDENT_VERIFIED = "incident.verified"
     INCIDENT_RESOLVED = "incident.resolved"
+    SYMPTOM_SUPPRESSED = "symptom.suppressed"
+    SYMPTOM_SETTLING = "symptom.settling"
+    SYMPTOM_RELEASED = "symptom.released"
     # Plan
     INCIDENT_PLANNED = "incident.planned"
     INCIDENT_ESCALATED = "incident.escalated"
@@ -66,6 +69,12 @@ class EventType(StrEnum):
     EFFECT_COMPENSATED = "effect.compensated"  # one ledger side effect undone (exactly once)
     FAILOVER_FENCED = "failover.fenced"  # a role's fencing token moved to the standby
     OBJECTIVES_MEASURED = "incident.objectives_measured"  # RPO/RTO achieved vs the targets
+    # DR drills (healer drill): recorded through the control socket, so incidents they cause are
+    # known to be drills, not real outages
+    DRILL_STARTED = "drill.started"
+    DRILL_FAULT_INJECTED = "drill.fault_injected"
+    DRILL_FAULT_REVERTED = "drill.fault_reverted"
+    DRILL_FINISHED = "drill.finished"
 
 
 OBSERVATIONS = frozenset(

@@ -22,6 +22,10 @@ OPEN_PHASES = frozenset(
 # Bounds on the per-component and fleet-wide histories the guardrails count over: deterministic
 # (by count, not time), so a rebuilt snapshot equals the live one.
 HISTORY_MAX = 256
+OPEN_PHASES = frozenset({"detected", "diagnosed", "planned", "acting", "verifying"})
+# How many health transitions a component keeps: enough for any flapping window worth having.
+TRANSITIONS_KEPT = 32
+BREAKER_STATES = frozenset({"closed", "open", "half_open"})
 
 
 @dataclass
@@ -40,6 +44,12 @@ class ComponentView:
     last_action_by: dict[str, float] = field(default_factory=dict)
     attempt_log: list[tuple[float, str]] = field(default_factory=list)  # (started at, kind)
     incident_ids: list[int] = field(default_factory=list)
+    # Analyze: flapping, breaker telemetry, agent reports, the component's latest incident.
+    last_known_health: str | None = None  # healthy | failing: "unknown" does not count
+    transitions: list[float] = field(default_factory=list)  # times of healthy<->failing changes
+    breakers: dict[str, dict[str, Any]] = field(default_factory=dict)  # dependency -> latest state
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> latest agent report
+    last_incident: int | None = None
 
 
 @dataclass
@@ -108,6 +118,13 @@ class IncidentView:
     rpo_checkpoint_at: float | None = None
     effects_undone: list[str] = field(default_factory=list)
     objectives: dict[str, Any] | None = None
+    # Analyze: repeated observations folded into this incident (deduplication), blast radius.
+    observations: int = 0
+    last_observed_at: float | None = None
+    blast_radius: list[str] = field(default_factory=list)
+    blast_radius_complete: bool = True
+    # The DR drill whose window and blast radius this incident was detected in (None: a real one).
+    drill: int | None = None
 
     @property
     def is_open(self) -> bool:
@@ -155,6 +172,38 @@ class SilenceView:
 
 
 @dataclass
+class SymptomView:
+    """A failing component attached to its root causes' incidents instead of having its own."""
+
+    component: str
+    incidents: list[int]  # the root incidents it belongs to (open, or closed while settling)
+    roots: list[str]
+    since: float
+    failure_class: str | None = None
+    settle_until: float | None = None  # set once every root incident is closed
+
+
+@dataclass
+class DrillView:
+    """A DR drill run by ``healer drill``: its blast radius and what it did, as recorded."""
+
+    id: int
+    name: str
+    started_at: float
+    radius: list[str]  # the components the drill may touch
+    deadline: float  # after this the drill counts as over even if its end was never recorded
+    by: dict[str, Any] = field(default_factory=dict)
+    faults: list[dict[str, Any]] = field(default_factory=list)  # injected / reverted, in order
+    finished_at: float | None = None
+    verdict: str | None = None  # passed | failed | aborted
+    reasons: list[str] = field(default_factory=list)
+    incidents: list[int] = field(default_factory=list)
+
+    def active(self, ts: float) -> bool:
+        return self.finished_at is None and self.started_at <= ts <= self.deadline
+
+
+@dataclass
 class FleetState:
     components: dict[str, ComponentView] = field(default_factory=dict)
     incidents: dict[int, IncidentView] = field(default_factory=dict)
@@ -172,6 +221,16 @@ class FleetState:
     # Monitor's telemetry link: bad input dropped per reason (cumulative), the broker link's state
     telemetry_dropped: dict[str, int] = field(default_factory=dict)
     mqtt: dict[str, Any] | None = None  # {"state": connected|disconnected, "since": ts, ...}
+    # Analyze: suppressed symptoms, and dependency edges learned from breaker telemetry in the
+    # order first seen (the graph Analyze uses is config + these, so replay rebuilds it exactly).
+    symptoms: dict[str, SymptomView] = field(default_factory=dict)
+    learned_edges: list[tuple[str, str]] = field(default_factory=list)  # (component, dependency)
+    # Derived indexes, rebuilt by the fold and left out of the snapshot.
+    failing: set[str] = field(default_factory=set)
+    open_breakers_on: dict[str, set[str]] = field(default_factory=dict)  # dependency -> reporters
+    _learned: set[tuple[str, str]] = field(default_factory=set)
+    drills: dict[int, DrillView] = field(default_factory=dict)
+    next_drill: int = 1
 
     # -- reading helpers (used by the pure Analyze and Plan stages) -----------------------
     def component(self, name: str) -> ComponentView:
@@ -195,6 +254,7 @@ class FleetState:
         handler = _HANDLERS.get(ev.type)
         if handler is not None:
             handler(self, ev)
+        _analysis_index(self, ev)
 
     def _comp(self, ev: RecordedEvent) -> ComponentView:
         assert ev.component is not None
@@ -218,6 +278,9 @@ class FleetState:
             "next_approval": self.next_approval,
             "next_silence": self.next_silence,
             "plan_times": list(self.plan_times),
+            "symptoms": {k: asdict(v) for k, v in sorted(self.symptoms.items())},
+            "learned_edges": [list(e) for e in self.learned_edges],
+            "drills": {str(k): asdict(v) for k, v in sorted(self.drills.items())},
         }
 
     def digest(self) -> str:
@@ -286,6 +349,7 @@ def _incident_detected(s: FleetState, ev: RecordedEvent) -> None:
     s.active_incident[ev.component] = ev.incident
     s.next_incident = max(s.next_incident, ev.incident + 1)
     _bounded_append(s._comp(ev).incident_ids, ev.incident)
+    _mark_drill_incident(s, s.incidents[ev.incident], ev.ts)
 
 
 def _incident_diagnosed(s: FleetState, ev: RecordedEvent) -> None:
@@ -572,6 +636,153 @@ def _silence_expired(s: FleetState, ev: RecordedEvent) -> None:
     if sil is not None and sil.expired_at is None:
         sil.expired_at = ev.ts
         sil.expired_by = ev.data.get("by")
+# -- Analyze: breaker telemetry, agent reports, symptoms --------------------------------------
+def component_failing(c: ComponentView) -> bool:
+    """Failing health checks, or a process that ended without being asked to."""
+    if c.health == "failing":
+        return True
+    return not c.process_running and c.last_exit is not None and not c.last_exit.get("expected")
+
+
+def _breaker_transitioned(s: FleetState, ev: RecordedEvent) -> None:
+    dep = ev.data.get("dependency")
+    state = ev.data.get("state")
+    if not isinstance(dep, str) or not dep or state not in BREAKER_STATES:
+        return  # telemetry is validated by the Monitor; a malformed record changes nothing here
+    c = s._comp(ev)
+    record = {k: v for k, v in ev.data.items() if k != "dependency"}
+    record["since"] = ev.ts
+    c.breakers[dep] = record
+    reporters = s.open_breakers_on.setdefault(dep, set())
+    if state == "open":
+        reporters.add(c.name)
+    else:
+        reporters.discard(c.name)
+        if not reporters:
+            del s.open_breakers_on[dep]
+    edge = (c.name, dep)
+    if dep != c.name and edge not in s._learned:
+        s._learned.add(edge)
+        s.learned_edges.append(edge)
+
+
+def _agent_reported(s: FleetState, ev: RecordedEvent) -> None:
+    kind = ev.data.get("kind")
+    if not isinstance(kind, str) or not kind:
+        return
+    s._comp(ev).reports[kind] = {"value": ev.data.get("value"), "detail": ev.data.get("detail"), "ts": ev.ts}
+
+
+def _symptom_suppressed(s: FleetState, ev: RecordedEvent) -> None:
+    assert ev.component is not None
+    incidents = [int(i) for i in ev.data.get("incidents", [ev.incident] if ev.incident else [])]
+    roots = [str(r) for r in ev.data.get("roots", [])]
+    view = s.symptoms.get(ev.component)
+    if view is None:
+        view = s.symptoms[ev.component] = SymptomView(
+            ev.component, [], [], ev.ts, ev.data.get("failure_class")
+        )
+    view.incidents.extend(i for i in incidents if i not in view.incidents)
+    view.roots.extend(r for r in roots if r not in view.roots)
+    # Joining an open incident stops any settling; a late symptom arrives already settling.
+    view.settle_until = ev.data.get("settle_until")
+    for iid in incidents:
+        inc = s.incidents.get(iid)
+        if inc is not None and ev.component not in inc.symptoms:
+            inc.symptoms.append(ev.component)
+
+
+def _symptom_settling(s: FleetState, ev: RecordedEvent) -> None:
+    view = s.symptoms.get(ev.component or "")
+    if view is not None:
+        view.settle_until = ev.data.get("settle_until")
+
+
+def _symptom_released(s: FleetState, ev: RecordedEvent) -> None:
+    s.symptoms.pop(ev.component or "", None)
+
+
+_REPEATS = frozenset({T.PROCESS_EXITED, T.COMPONENT_FAILED, T.AGENT_REPORTED})
+_HEALTH = frozenset({T.COMPONENT_FAILED, T.COMPONENT_RECOVERED})
+_LIFECYCLE = frozenset({T.PROCESS_STARTED, T.PROCESS_ADOPTED, T.PROCESS_EXITED, *_HEALTH})
+
+
+def _analysis_index(s: FleetState, ev: RecordedEvent) -> None:
+    """Bookkeeping Analyze reads: transitions, the failing set, incident extension."""
+    t = ev.type
+    if ev.component is None:
+        return
+    if t in _LIFECYCLE:
+        c = s.components[ev.component]  # every lifecycle handler creates the view
+        if t in _HEALTH:
+            if c.last_known_health is not None and c.last_known_health != c.health:
+                c.transitions.append(ev.ts)
+                del c.transitions[:-TRANSITIONS_KEPT]
+            c.last_known_health = c.health
+        if component_failing(c):
+            s.failing.add(c.name)
+        else:
+            s.failing.discard(c.name)
+    if t == T.INCIDENT_DETECTED:
+        if ev.incident is not None:
+            s._comp(ev).last_incident = ev.incident
+        return
+    if t == T.INCIDENT_DIAGNOSED:
+        inc = s._inc(ev)
+        if inc is not None:
+            inc.blast_radius = list(ev.data.get("blast_radius", []))
+            inc.blast_radius_complete = bool(ev.data.get("blast_radius_complete", True))
+        return
+    # A repeated observation of an open failure extends that incident instead of opening one.
+    target = ev.component
+    if t == T.BREAKER_TRANSITIONED:
+        if ev.data.get("state") != "open":
+            return
+        target = str(ev.data.get("dependency"))
+    elif t not in _REPEATS or (t == T.PROCESS_EXITED and ev.data.get("expected")):
+        return
+    inc = s.active_for(target)
+    if inc is not None and inc.opened_at <= ev.ts:
+        inc.observations += 1
+        inc.last_observed_at = ev.ts
+
+
+def _mark_drill_incident(s: FleetState, inc: IncidentView, ts: float) -> None:
+    # Newest drill first: with overlapping drills the incident belongs to the latest that covers it.
+    for drill in sorted(s.drills.values(), key=lambda d: -d.id):
+        if drill.active(ts) and inc.component in drill.radius:
+            inc.drill = drill.id
+            _bounded_append(drill.incidents, inc.id)
+            return
+
+
+def _drill_started(s: FleetState, ev: RecordedEvent) -> None:
+    d = ev.data
+    did = int(d.get("drill", 0))
+    s.drills[did] = DrillView(
+        id=did,
+        name=str(d.get("name", "")),
+        started_at=ev.ts,
+        radius=[str(c) for c in d.get("radius", [])],
+        deadline=float(d.get("deadline", ev.ts)),
+        by=dict(d.get("by") or {}),
+    )
+    s.next_drill = max(s.next_drill, did + 1)
+
+
+def _drill_fault(s: FleetState, ev: RecordedEvent) -> None:
+    drill = s.drills.get(int(ev.data.get("drill", 0)))
+    if drill is not None:
+        phase = "injected" if ev.type == T.DRILL_FAULT_INJECTED else "reverted"
+        _bounded_append(drill.faults, {"phase": phase, "at": ev.ts, **dict(ev.data.get("fault") or {})})
+
+
+def _drill_finished(s: FleetState, ev: RecordedEvent) -> None:
+    drill = s.drills.get(int(ev.data.get("drill", 0)))
+    if drill is not None and drill.finished_at is None:
+        drill.finished_at = ev.ts
+        drill.verdict = ev.data.get("verdict")
+        drill.reasons = [str(r) for r in ev.data.get("reasons", [])]
 
 
 def _checkpoint_restored(s: FleetState, ev: RecordedEvent) -> None:
@@ -635,4 +846,13 @@ _HANDLERS: dict[str, Callable[[FleetState, RecordedEvent], None]] = {
     T.CHECKPOINT_RESTORED: _checkpoint_restored,
     T.EFFECT_COMPENSATED: _effect_compensated,
     T.OBJECTIVES_MEASURED: _objectives_measured,
+    T.BREAKER_TRANSITIONED: _breaker_transitioned,
+    T.AGENT_REPORTED: _agent_reported,
+    T.SYMPTOM_SUPPRESSED: _symptom_suppressed,
+    T.SYMPTOM_SETTLING: _symptom_settling,
+    T.SYMPTOM_RELEASED: _symptom_released,
+    T.DRILL_STARTED: _drill_started,
+    T.DRILL_FAULT_INJECTED: _drill_fault,
+    T.DRILL_FAULT_REVERTED: _drill_fault,
+    T.DRILL_FINISHED: _drill_finished,
 }

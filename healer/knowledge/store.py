@@ -294,6 +294,47 @@ class SQLiteEventStore:
             rows = await cur.fetchall()
         return [_row_to_event(r) for r in rows]
 
+    async def read_where(
+        self,
+        after: int = 0,
+        *,
+        component: str | None = None,
+        incident: int | None = None,
+        until: int | None = None,
+        limit: int | None = None,
+    ) -> list[RecordedEvent]:
+        """Events after ``after`` (up to ``until``) of one component and/or incident, in order:
+        the indexes on (component, position) and incident keep this a seek, not a scan."""
+        sql = _SELECT + " WHERE position > ?"
+        args: list[Any] = [after]
+        if until is not None:
+            sql += " AND position <= ?"
+            args.append(until)
+        if component is not None:
+            sql += " AND component = ?"
+            args.append(component)
+        if incident is not None:
+            sql += " AND incident = ?"
+            args.append(incident)
+        sql += " ORDER BY position"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        async with self._conn.execute(sql, args) as cur:
+            rows = await cur.fetchall()
+        return [_row_to_event(r) for r in rows]
+
+    async def ts_at(self, position: int) -> float | None:
+        async with self._conn.execute("SELECT ts FROM events WHERE position = ?", (position,)) as cur:
+            row = await cur.fetchone()
+        return float(row[0]) if row else None
+
+    async def data_version(self) -> int:
+        """Changes whenever another connection commits: followers skip queries while it holds."""
+        async with self._conn.execute("PRAGMA data_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
     async def last_position(self) -> int:
         async with self._conn.execute("SELECT COALESCE(MAX(position), 0) FROM events") as cur:
             row = await cur.fetchone()

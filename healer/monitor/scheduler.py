@@ -233,7 +233,7 @@ class Monitor:
     async def _loop(self, comp: ComponentHealth, runner: ProbeRunner) -> None:
         spec = runner.spec
         # Spread first checks so a fleet's probes do not fire in lock-step.
-        await self._clock.sleep(random.uniform(0, min(spec.interval, 0.1)))  # noqa: S311
+        await self._clock.sleep(random.uniform(0, min(spec.interval, 0.1)))  # noqa: S311  spreading load, not secrets
         phased = False
         while True:
             runner.wake.clear()
@@ -246,12 +246,12 @@ class Monitor:
                 # Probes that started together would stay in lock-step and hit the loop as one
                 # burst every interval (delaying a last will behind a thousand checks): the first
                 # steady-state wait gives each probe its own phase, never a longer wait.
-                delay = random.uniform(0, spec.interval)  # noqa: S311
+                delay = random.uniform(0, spec.interval)  # noqa: S311  spreading load, not secrets
                 phased = True
             else:
                 delay = spec.interval
             if spec.jitter:
-                delay += random.uniform(0, spec.jitter)  # noqa: S311
+                delay += random.uniform(0, spec.jitter)  # noqa: S311  jitter, not secrets
             await runner.wake.sleep(delay)
 
     async def _check(self, runner: ProbeRunner) -> ProbeResult:
