@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     from healer.report.commands import register as register_operator_commands
 
     register_operator_commands(sub, reader, psub)  # postmortem, replay, policy backtest
+    from healer.dr.cli import register as register_dr_commands
+
+    register_dr_commands(sub, _state_dir)  # checkpoint list|verify|restore
 
     from healer.cli_plugins import add_parser as add_plugins_parser
 
@@ -183,6 +186,9 @@ def incident_json(inc: Any) -> dict[str, Any]:
         "drill": inc.drill,
         "resolution": inc.resolution,
         "rto_achieved_s": inc.rto_achieved,
+        "rpo_achieved_s": inc.rpo_achieved,
+        "objectives": inc.objectives,
+        "effects_undone": inc.effects_undone,
         "policy": inc.policy,
         "policy_hash": inc.policy_hash,
         "evidence": inc.evidence,
@@ -218,6 +224,10 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     for r, inc in zip(rows, sorted(incidents, key=lambda i: i.id), strict=True):
         acts = ", ".join(f"{a['action']}:{a['outcome']}" for a in r["actions"]) or "-"
         rto = f"{inc.rto_achieved:.2f}s" if inc.rto_achieved is not None else "-"
+        if inc.objectives is not None:
+            from healer.dr.cli import objectives_cell
+
+            rto = objectives_cell(inc.objectives)
         note = r["escalation_reason"] or r["resolution"] or ""
         style = {"resolved": "green", "escalated": "red"}.get(r["status"], "yellow")
         table.add_row(

@@ -120,7 +120,7 @@ class CompensationConfig(_Strict):
 
 _FAULT_RE = re.compile(
     r"^(before-intent|after-intent|after-effect|after-outcome|after-compensation-intent"
-    r"|after-compensation-effect):([A-Za-z0-9_.*-]+)(#\d+)?$"
+    r"|after-compensation-effect|after-undo-effect):([A-Za-z0-9_.*-]+)(#\d+)?$"
 )
 
 
@@ -145,7 +145,7 @@ class ExecuteConfig(_Strict):
                 raise ValueError(
                     f"invalid fault point {part.strip()!r}: expected POINT:ACTUATOR[#INDEX] "
                     "with POINT one of before-intent, after-intent, after-effect, after-outcome, "
-                    "after-compensation-intent, after-compensation-effect"
+                    "after-compensation-intent, after-compensation-effect, after-undo-effect (healer.dr)"
                 )
         return v
 

@@ -25,6 +25,7 @@ from healer.analyze.taxonomy import Taxonomy, load_taxonomy
 from healer.clock import Clock, SystemClock
 from healer.config import HealerConfig
 from healer.control import DaemonControl
+from healer.dr.objectives import objectives_event
 from healer.errors import HealerError, PolicyError, StoreError
 from healer.execute.actuators import ActuatorServices
 from healer.execute.executor import Executor
@@ -168,6 +169,10 @@ class Daemon:
                     wait = float(rec.data.get("settle_until", 0)) - self.clock.wall()
                     asyncio.get_running_loop().call_later(max(wait, 0) + 0.01, loop.tick)
                 self._arm_waits(rec, state, loop)
+                if rec.type == T.INCIDENT_RESOLVED:
+                    measured = objectives_event(state, rec, cfg, self.clock.wall())
+                    if measured is not None:
+                        loop.submit(measured)
                 if self._on_event is not None:
                     self._on_event(rec)
 
@@ -222,7 +227,7 @@ class Daemon:
                 link = MqttLink.from_config(cfg, loop.submit, self.clock)
             telemetry = link.book if link is not None else None
             monitor = Monitor(cfg, registry, supervisor, loop.submit, self.clock, http, telemetry)
-            services = ActuatorServices(supervisor, cfg.state_dir, cfg.execute, http)
+            services = ActuatorServices(supervisor, cfg.state_dir, cfg.execute, http, emit=loop.submit)
             actuators = ActuatorRegistry.discover(services)
             executor = Executor(actuators, loop.record, self.clock, submit=loop.submit, settings=cfg.execute)
             executor.breakers.restore(state.actuator_breakers)

@@ -32,6 +32,7 @@ EXECUTE_ACTUATORS = frozenset(
         "feature_flag",
         "symlink_swap",
         "checkpoint_restore",
+        "dr",
     }
 )
 

@@ -44,10 +44,11 @@ async def test_chain_restart_rollback_escalate_advances_with_reasons(tmp_path: P
         rollback = h.of(T.INCIDENT_PLANNED, "a")[-1].data
         assert [(a["actuator"], a["action"]) for a in rollback["actions"]] == [
             ("process", "stop"),
-            ("checkpoint_restore", "restore"),
+            ("dr", "restore"),
+            ("dr", "compensate"),
             ("process", "start"),
         ]
-        assert rollback["actions"][1]["params"] == {"target": "latest"}
+        assert rollback["actions"][1]["params"] == {"checkpoint": "latest"}
         # Why the chain moved on: step 0's attempts were used, and the last failure is named.
         assert rollback["skipped"][0]["step"] == 0
         assert "2/2 attempts used in this incident" in rollback["skipped"][0]["reason"]
@@ -106,7 +107,8 @@ def test_every_strategy_expands_to_its_saga(tmp_path: Path) -> None:
     assert calls(1) == [("systemd", "restart", {"unit": "agent.service"})]
     assert calls(2) == [
         ("process", "stop", {}),
-        ("checkpoint_restore", "restore", {"target": "ckpt-42"}),
+        ("dr", "restore", {"checkpoint": "ckpt-42"}),
+        ("dr", "compensate", {}),
         ("http", "request", {"url": "http://127.0.0.1:1/undo"}),
         ("process", "start", {}),
     ]

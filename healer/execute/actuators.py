@@ -26,7 +26,7 @@ Required: ``name``, ``idempotent``, ``default_timeout``, ``actions``, ``validate
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
@@ -36,6 +36,7 @@ from healer.config import ExecuteConfig
 if TYPE_CHECKING:
     import httpx
 
+    from healer.knowledge.events import Event
     from healer.supervisor import Supervisor
 
 
@@ -64,6 +65,8 @@ class ActuatorServices:
     state_dir: Path | None = None
     settings: ExecuteConfig = field(default_factory=ExecuteConfig)
     http: httpx.AsyncClient | None = None
+    # Record an event (fire and forget) for what an actuator finds on the way (healer.dr).
+    emit: Callable[[Event], None] | None = None
 
 
 @runtime_checkable

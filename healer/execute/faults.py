@@ -10,6 +10,7 @@ order an action passes them:
 - ``after-outcome``             ``step.succeeded`` is durable; the next action has not started
 - ``after-compensation-intent`` ``compensation.started`` is durable; compensate not called
 - ``after-compensation-effect`` the compensation returned; its outcome is not recorded
+- ``after-undo-effect``        (dr, index = effect) a ledger compensation returned; not journaled
 
 SIGKILL, not an exception or ``os._exit``: nothing in the process gets to clean up, exactly as
 when the kernel's OOM killer or a power cut takes the daemon.

@@ -62,6 +62,13 @@ class EventType(StrEnum):
     BREAKER_HALF_OPENED = "breaker.half_opened"
     BREAKER_CLOSED = "breaker.closed"
     ACTUATORS_LOADED = "actuators.loaded"
+    # Disaster recovery (healer.dr)
+    CHECKPOINT_CORRUPTED = "checkpoint.corrupted"  # failed re-hash or validation: never restored
+    CHECKPOINT_RESTORED = "checkpoint.restored"  # an agent's HEAD moved back to this checkpoint
+    CHECKPOINT_REMOVED = "checkpoint.removed"  # retention dropped it
+    EFFECT_COMPENSATED = "effect.compensated"  # one ledger side effect undone (exactly once)
+    FAILOVER_FENCED = "failover.fenced"  # a role's fencing token moved to the standby
+    OBJECTIVES_MEASURED = "incident.objectives_measured"  # RPO/RTO achieved vs the targets
     # DR drills (healer drill): recorded through the control socket, so incidents they cause are
     # known to be drills, not real outages
     DRILL_STARTED = "drill.started"

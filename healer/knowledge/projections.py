@@ -113,6 +113,11 @@ class IncidentView:
     deferred: dict[str, Any] | None = None  # the guardrail holding the next step back, while it does
     last_failure: str | None = None  # why the latest attempt did not work (for the chain's reasons)
     approvals: list[int] = field(default_factory=list)
+    # Disaster recovery: the restored checkpoint's age at detection, effects undone, RPO/RTO vs targets.
+    rpo_achieved: float | None = None
+    rpo_checkpoint_at: float | None = None
+    effects_undone: list[str] = field(default_factory=list)
+    objectives: dict[str, Any] | None = None
     # Analyze: repeated observations folded into this incident (deduplication), blast radius.
     observations: int = 0
     last_observed_at: float | None = None
@@ -780,6 +785,25 @@ def _drill_finished(s: FleetState, ev: RecordedEvent) -> None:
         drill.reasons = [str(r) for r in ev.data.get("reasons", [])]
 
 
+def _checkpoint_restored(s: FleetState, ev: RecordedEvent) -> None:
+    inc = s._inc(ev)
+    if inc is not None and ev.data.get("created_at") is not None:
+        inc.rpo_checkpoint_at = float(ev.data["created_at"])
+        inc.rpo_achieved = max(0.0, inc.opened_at - inc.rpo_checkpoint_at)
+
+
+def _effect_compensated(s: FleetState, ev: RecordedEvent) -> None:
+    inc = s._inc(ev)
+    if inc is not None:
+        inc.effects_undone.append(str(ev.data.get("effect")))
+
+
+def _objectives_measured(s: FleetState, ev: RecordedEvent) -> None:
+    inc = s._inc(ev)
+    if inc is not None:
+        inc.objectives = dict(ev.data)
+
+
 _HANDLERS: dict[str, Callable[[FleetState, RecordedEvent], None]] = {
     T.PROCESS_STARTED: _process_started,
     T.PROCESS_ADOPTED: _process_started,
@@ -819,6 +843,9 @@ _HANDLERS: dict[str, Callable[[FleetState, RecordedEvent], None]] = {
     T.MQTT_CONNECTED: _mqtt_link,
     T.MQTT_DISCONNECTED: _mqtt_link,
     T.DAEMON_STARTED: _daemon_started_mqtt,
+    T.CHECKPOINT_RESTORED: _checkpoint_restored,
+    T.EFFECT_COMPENSATED: _effect_compensated,
+    T.OBJECTIVES_MEASURED: _objectives_measured,
     T.BREAKER_TRANSITIONED: _breaker_transitioned,
     T.AGENT_REPORTED: _agent_reported,
     T.SYMPTOM_SUPPRESSED: _symptom_suppressed,

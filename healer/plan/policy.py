@@ -479,9 +479,12 @@ def expand_step(step: Step) -> list[dict[str, Any]]:
             return [act("systemd", "restart", {"unit": step.unit, **p})]
         return [act("process", "restart", p)]
     if kind == "rollback":
+        # healer.dr: halt, restore (verified, never before a pivot), undo the ledger's effects
+        # after it (exactly once), any extra compensations, restart; verify follows as for any step.
         return [
             act("process", "stop"),
-            act("checkpoint_restore", "restore", {"target": step.checkpoint, **p}),
+            act("dr", "restore", {"checkpoint": step.checkpoint, **p}),
+            act("dr", "compensate", {k: v for k, v in p.items() if k == "agent"}),
             *(spec(a) for a in step.compensations),
             act("process", "start"),
         ]
