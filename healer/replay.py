@@ -22,10 +22,11 @@ from typing import Any
 
 from healer.analyze.analyzer import analyze_deadlines
 from healer.errors import HealerError, StoreError
+from healer.fsutil import ensure_private_dir
 from healer.knowledge.events import OBSERVATIONS, Event, RecordedEvent
 from healer.knowledge.events import EventType as T
 from healer.knowledge.projections import FleetState
-from healer.knowledge.store import DB_NAME, ensure_private_dir
+from healer.knowledge.store import DB_NAME
 from healer.loop import Decider
 
 # Only Analyze and Plan make these: one that no earlier event explains is a divergence.

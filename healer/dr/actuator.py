@@ -28,12 +28,13 @@ from pydantic import field_validator
 
 from healer.agent.state import fence_path, read_fence
 from healer.dr import ledger as L
-from healer.dr.store import Checkpoint, CheckpointError, CheckpointStore, CorruptCheckpoint, atomic_write
+from healer.dr.store import Checkpoint, CheckpointError, CheckpointStore, CorruptCheckpoint
 from healer.errors import ActuatorError
 from healer.execute.actuators import ActionContext, Actuator
 from healer.execute.builtins import Base, Params
 from healer.execute.faults import FaultPoints
 from healer.execute.safety import check_templates, render, safe_name, template_values
+from healer.fsutil import atomic_write
 from healer.knowledge.events import Event
 from healer.knowledge.events import EventType as T
 

@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from healer.errors import HealerError
+from healer.fsutil import atomic_write, fsync_dir
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SEQ_WIDTH = 12
@@ -78,35 +78,9 @@ def check_name(value: str, what: str = "agent name") -> str:
 
 # -- durable files -----------------------------------------------------------------------------------
 def private_dir(path: Path) -> Path:
+    """Created 0700 if missing; an existing directory keeps its mode (agents may share it)."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, chunks: bytes | Iterable[bytes]) -> None:
-    """Readers see the old or the new content, never a mix; a crash leaves one of the two."""
-    private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            for chunk in [chunks] if isinstance(chunks, bytes | bytearray | memoryview) else chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 def append_line(path: Path, doc: dict[str, Any]) -> None:

@@ -15,13 +15,15 @@ import os
 import re
 import signal
 import string
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from healer.config import NAME_RE
 from healer.errors import ActuatorError
+from healer.fsutil import atomic_write, ensure_private_dir, fsync_dir
+
+__all__ = ["atomic_write", "ensure_private_dir", "fsync_dir"]  # re-exported for the actuators
 
 PLACEHOLDERS = frozenset({"component", "incident", "key"})
 _VALUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+=/-]{0,255}$")
@@ -117,36 +119,6 @@ def inside(path: Path, roots: Sequence[Path]) -> Path:
         if real.is_relative_to(root.resolve(strict=False)):
             return real
     raise ActuatorError(f"{path} is outside the directories healer may change ({', '.join(map(str, roots))})")
-
-
-def ensure_private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old or the new content, never a mix,
-    and a crash leaves one of the two: temp file in the same directory, fsync, rename, fsync dir."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 def atomic_symlink(link: Path, target: str) -> None:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import aiosqlite
 
 from healer.errors import StoreError
+from healer.fsutil import ensure_private_dir
 from healer.knowledge.events import Event, RecordedEvent
 from healer.knowledge.projections import FleetState
 
@@ -56,12 +57,6 @@ def bundled_migrations() -> list[Migration]:
         if m:
             found.append(Migration(int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
     return sorted(found, key=lambda m: m.version)
-
-
-def ensure_private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with contextlib.suppress(PermissionError):
-        os.chmod(path, 0o700)
 
 
 def _row_to_event(row: Any) -> RecordedEvent:
