@@ -258,7 +258,7 @@ class Step(_Strict):
     # failover
     standby: str | None = Field(default=None, description="failover: the standby component to promote")
     promote: ActionSpec | None = Field(
-        default=None, description="failover: how to promote the standby (default: failover.promote)"
+        default=None, description="failover: how to promote the standby (default: dr.promote)"
     )
     fence: bool = Field(default=True, description="failover: stop the failed active first")
     # degrade
@@ -489,7 +489,8 @@ def expand_step(step: Step) -> list[dict[str, Any]]:
             act("process", "start"),
         ]
     if kind == "failover":
-        promote = step.promote or ActionSpec(actuator="failover", action="promote")
+        # The dr actuator fences by token, hands the standby the latest good checkpoint, starts it.
+        promote = step.promote or ActionSpec(actuator="dr", action="promote")
         first = [act("process", "stop")] if step.fence else []
         params = {"standby": step.standby, **promote.params, **p}
         return [*first, spec(promote.model_copy(update={"params": params}))]
