@@ -27,6 +27,12 @@ def register(sub: Any) -> Any:
     chk = psub.add_parser("check", help="validate policy files; exit 1 on any error")
     chk.add_argument("paths", nargs="+", type=Path, help="files or directories of *.yaml")
     chk.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        help="also check against this config's components (the probes `verify.probes` names)",
+    )
+    chk.add_argument(
         "--no-plugins",
         action="store_true",
         help="do not check actuator names against the installed plugins",
@@ -83,10 +89,15 @@ def register(sub: Any) -> Any:
 
 # -- policy check / schema ------------------------------------------------------------------------
 def cmd_policy_check(args: argparse.Namespace) -> int:
-    from healer.plan.policy import load_policies
+    from healer.plan.policy import fleet_of, load_policies
 
+    fleet = None
+    if args.config is not None:
+        from healer.config import load_config
+
+        fleet = fleet_of(load_config(args.config))
     try:
-        ps = load_policies(args.paths, installed=_ALL if args.no_plugins else None)
+        ps = load_policies(args.paths, installed=_ALL if args.no_plugins else None, fleet=fleet)
     except PolicyError as exc:
         for p in exc.problems:
             print(p)
@@ -166,14 +177,14 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
 
     from healer.config import load_config
     from healer.plan.explain import explain
-    from healer.plan.policy import load_policies
+    from healer.plan.policy import fleet_of, load_policies
 
     cfg = load_config(args.config)
     if args.component not in cfg.components:
         near = difflib.get_close_matches(args.component, list(cfg.components), n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         raise ConfigError(f"no component {args.component!r} in {args.config}{hint}")
-    policies = load_policies([cfg.policies_dir])
+    policies = load_policies([cfg.policies_dir], fleet=fleet_of(cfg))
     evidence = _parse_evidence(args.evidence)
     now = _parse_at(args.at)
     state = asyncio.run(_snapshot(cfg.state_dir))
@@ -227,7 +238,8 @@ def _print_explanation(r: dict[str, Any], n_policies: int, n_files: int) -> None
                 params = f" {json.dumps(a['params'], sort_keys=True)}" if a["params"] else ""
                 print(f"  run {a['actuator']}.{a['action']}{params} (timeout {a['timeout']:g}s)")
             stable = f", then stay healthy {d['verify_stable_for']:g}s" if d.get("verify_stable_for") else ""
-            print(f"  verify: probes pass within {d['verify_timeout']:g}s{stable}")
+            which = f"probes {', '.join(d['verify_probes'])}" if d.get("verify_probes") else "probes"
+            print(f"  verify: {which} pass within {d['verify_timeout']:g}s{stable}")
         elif e["type"] == "incident.deferred":
             print(f"decision: WAIT ({d['guardrail']}): {d['reason']}")
             print(f"  next allowed: {_when(d.get('next_allowed_at'))}")

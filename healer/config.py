@@ -96,6 +96,24 @@ class ComponentConfig(_Strict):
     rpo: Duration | None = None  # recovery point objective: max age of restored state
 
 
+def supervised_process_probe(spec: ProbeConfig) -> bool:
+    """A process probe that watches the component's own supervised process."""
+    params = spec.params
+    return spec.type == "process" and params.get("pidfile") is None and params.get("cmdline") is None
+
+
+def component_probes(comp: ComponentConfig) -> list[tuple[str, ProbeConfig]]:
+    """The probes the Monitor runs for a component, with the names events and policies use.
+
+    A probe's name is its ``name``, else ``TYPE#INDEX``; a supervised component without a
+    process probe gets one first (``process#0``), which shifts the index of unnamed probes.
+    """
+    specs = list(comp.probes)
+    if comp.command is not None and not any(supervised_process_probe(s) for s in specs):
+        specs.insert(0, ProbeConfig(type="process", interval=1.0, failure_threshold=1))
+    return [(s.name or f"{s.type}#{i}", s) for i, s in enumerate(specs)]
+
+
 class StoreConfig(_Strict):
     # FULL fsyncs every batch commit: an acknowledged event survives power loss, not just a crash.
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
@@ -195,10 +213,14 @@ class MqttConfig(_Strict):
         if not v or any(c in v for c in "+#\x00") or v.startswith("/") or v.endswith("/"):
             raise ValueError("expected a topic prefix without wildcards or leading/trailing '/'")
         return v
+
+
 class AnalysisConfig(_Strict):
     # After a root cause recovers, its symptoms get this long to recover on their own before
     # any that still fail are diagnosed (and remediated) on their own.
     settle_time: Duration = 5.0
+
+
 def check_loopback(value: Any) -> Any:
     """The metrics endpoint has no authentication: it may only listen on a loopback address."""
     import ipaddress
@@ -281,7 +303,7 @@ def load_config(path: Path, extra_checks: ExtraCheck | None = None) -> HealerCon
         raise ConfigError(_render(problems)) from exc
     cfg = _resolve_paths(cfg, path.parent)
     cfg = _resolve_mqtt_paths(cfg, path.parent)
-    found = dependency_problems(cfg)
+    found = dependency_problems(cfg) + probe_name_problems(cfg)
     if not found and extra_checks is not None:
         found = extra_checks(cfg)
     if found:
@@ -313,6 +335,25 @@ def dependency_problems(cfg: HealerConfig) -> list[tuple[tuple[str | int, ...], 
             return found
         names = [edge[0] for edge in cycle] + [cycle[0][0]]
         found.append((("components", names[0], "depends_on"), "dependency cycle: " + " -> ".join(names)))
+    return found
+
+
+def probe_name_problems(cfg: HealerConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """Two probes of a component with one name: events and policies could not tell them apart."""
+    found: list[tuple[tuple[str | int, ...], str]] = []
+    for name, comp in cfg.components.items():
+        seen: dict[str, int] = {}
+        offset = len(component_probes(comp)) - len(comp.probes)  # the implicit process probe
+        for i, (probe, _spec) in enumerate(component_probes(comp)[offset:]):
+            if probe in seen:
+                found.append(
+                    (
+                        ("components", name, "probes", i, "name"),
+                        f"duplicate probe name {probe!r} (also probes[{seen[probe]}])",
+                    )
+                )
+            else:
+                seen[probe] = i
     return found
 
 

@@ -39,7 +39,7 @@ from healer.monitor.mqtt import MqttLink
 from healer.monitor.probes import ProbeRegistry
 from healer.monitor.scheduler import Monitor
 from healer.plan.planner import WAKE_ON, next_wakeup
-from healer.plan.policy import PolicySet, load_policies
+from healer.plan.policy import PolicySet, fleet_of, load_policies
 from healer.sdnotify import Notifier
 from healer.supervisor import Supervisor
 
@@ -103,7 +103,8 @@ class Daemon:
         return await asyncio.shield(self._task)
 
     def load_policies(self) -> PolicySet:
-        return load_policies([self.config.policies_dir])
+        # Checked against the configured components too (the probes a step's verification names).
+        return load_policies([self.config.policies_dir], fleet=fleet_of(self.config))
 
     def reload_policies(self) -> bool:
         """SIGHUP: swap in the new set only if every file is valid; otherwise keep the old one."""
@@ -421,7 +422,7 @@ class Daemon:
             self._wake_at(float(d["next_allowed_at"]), loop)
         elif rec.type == T.APPROVAL_REQUESTED and d.get("deadline") is not None:
             self._wake_at(float(d["deadline"]), loop)
-        elif rec.type == T.COMPONENT_RECOVERED and rec.component is not None:
+        elif rec.type in (T.COMPONENT_RECOVERED, T.PROBE_TRANSITIONED) and rec.component is not None:
             inc = state.active_for(rec.component)
             stable = float(((inc.plan if inc else None) or {}).get("verify_stable_for") or 0)
             if inc is not None and inc.phase == "verifying" and stable > 0:

@@ -29,7 +29,7 @@ from healer.analyze.graph import DependencyGraph, RootCauseResult
 from healer.analyze.taxonomy import Match, Signature, Taxonomy
 from healer.knowledge.events import OBSERVATIONS, Event, RecordedEvent
 from healer.knowledge.events import EventType as T
-from healer.knowledge.projections import FleetState, IncidentView, SymptomView
+from healer.knowledge.projections import ComponentView, FleetState, IncidentView, SymptomView
 
 if TYPE_CHECKING:
     from healer.config import HealerConfig
@@ -133,6 +133,7 @@ def analyze_batch(
     run = _Analysis(state, now, ctx)
     for rec in observations:
         run.observe(rec)
+    run.verify_by_probes()
     run.diagnose()
     return run.out
 
@@ -144,7 +145,20 @@ def analyze_deadlines(state: FleetState, now: float, ctx: AnalysisContext | None
     for comp, iid in sorted(state.active_incident.items()):
         inc = state.incidents[iid]
         stable = _stable_for(inc)
-        if inc.phase == "verifying" and stable > 0:
+        names = _verify_probes(inc)
+        if inc.phase == "verifying" and names is not None:
+            started = _verify_started(inc)
+            passing, _ = _probe_verdict(state.component(comp), names, started)
+            if passing is not None:
+                if now >= passing + stable:
+                    data = _verified_by_probes(state.component(comp), names, passing - started, stable)
+                    out.append(Event(T.INCIDENT_VERIFIED, now, comp, iid, data))
+                    if closer is not None:
+                        closer.close(inc, "remediated", state.position)
+                    else:
+                        out.append(_resolved_event(inc, now, "remediated", state.position))
+                continue  # the named probes pass (and are proving it): the deadline was for that
+        elif inc.phase == "verifying" and stable > 0:
             view = state.component(comp)
             last = inc.actions[-1] if inc.actions else None
             finished = inc.opened_at
@@ -169,15 +183,14 @@ def analyze_deadlines(state: FleetState, now: float, ctx: AnalysisContext | None
                 continue  # healthy and proving it: the deadline was for becoming healthy
         if inc.phase == "verifying" and inc.verify_deadline is not None and now >= inc.verify_deadline:
             timeout = (inc.plan or {}).get("verify_timeout")
-            out.append(
-                Event(
-                    T.VERIFICATION_FAILED,
-                    now,
-                    comp,
-                    iid,
-                    {"reason": f"not healthy within the verification timeout ({timeout}s)"},
+            reason = f"not healthy within the verification timeout ({timeout}s)"
+            if names is not None:
+                probes = state.component(comp).probes
+                lagging = [f"{n} {probes.get(n, ('unknown', 0.0))[0]}" for n in names]
+                reason = f"probes not passing within the verification timeout ({timeout}s): " + ", ".join(
+                    x for x in lagging if not x.endswith(" passing")
                 )
-            )
+            out.append(Event(T.VERIFICATION_FAILED, now, comp, iid, {"reason": reason}))
     if closer is not None:
         out.extend(closer.out)
     if ctx is None or not state.symptoms:
@@ -234,6 +247,9 @@ class _Analysis:
         self.late: dict[str, _Pending] = {}
         self._graph: DependencyGraph | None = None
         self._hosts: dict[str, tuple[int, list[str]]] | None = None
+        # Components whose probes this batch saw change (-> latest position), for verify.probes.
+        self.probed: dict[str, int] = {}
+        self.verification_failed: set[int] = set()  # incidents failed by this batch
 
     # -- overlay reads ------------------------------------------------------------------------
     def active(self, comp: str) -> IncidentView | None:
@@ -279,6 +295,7 @@ class _Analysis:
             inc = self.active(comp)
             if inc is not None and inc.phase == "verifying":
                 # A process dying under verification fails the attempt.
+                self.verification_failed.add(inc.id)
                 self.emit(
                     T.VERIFICATION_FAILED,
                     comp,
@@ -290,9 +307,17 @@ class _Analysis:
                 )
             self.trigger(comp, t, rec.position)
         elif t == T.COMPONENT_FAILED:
+            self.probed[comp] = rec.position
             inc = self.active(comp)
-            if inc is not None and inc.phase == "verifying" and _stable_for(inc) > 0:
+            if (
+                inc is not None
+                and inc.phase == "verifying"
+                and _stable_for(inc) > 0
+                and _verify_probes(inc) is None
+                and inc.id not in self.verification_failed
+            ):
                 # The step's verification asks for a stretch of health: failing again breaks it.
+                self.verification_failed.add(inc.id)
                 self.emit(
                     T.VERIFICATION_FAILED,
                     comp,
@@ -304,7 +329,14 @@ class _Analysis:
                 )
             self.trigger(comp, t, rec.position)
         elif t == T.COMPONENT_RECOVERED:
+            self.probed[comp] = rec.position
             self._recovered(comp, rec)
+        elif t in (T.PROBE_TRANSITIONED, T.COMPONENT_BECAME_UNKNOWN):
+            self.probed[comp] = rec.position
+            if t == T.PROBE_TRANSITIONED and rec.data.get("status") == "failing":
+                # One more probe failing on a component that fails already: a new failure if no
+                # incident is open for it (after a step verified by other probes).
+                self.trigger(comp, t, rec.position)
         elif t == T.BREAKER_TRANSITIONED:
             dep = rec.data.get("dependency")
             if not isinstance(dep, str) or not dep or dep == comp:
@@ -319,6 +351,39 @@ class _Analysis:
             self.reports.setdefault(comp, []).append(rec)
             self._report_cleared(comp, rec)
             self.trigger(comp, t, rec.position)
+
+    def verify_by_probes(self) -> None:
+        """Steps verified by named probes (``verify.probes``), judged on the batch's outcome: all
+        named probes pass (with no ``stable_for``), or one fails after the step (with one)."""
+        for comp, position in self.probed.items():
+            inc = self.active(comp)
+            if inc is None or inc.phase != "verifying" or inc.id in self.verification_failed:
+                continue
+            names = _verify_probes(inc)
+            if names is None:
+                continue
+            view = self.s.component(comp)
+            started = _verify_started(inc)
+            passing, failed = _probe_verdict(view, names, started)
+            stable = _stable_for(inc)
+            if failed and stable > 0:
+                self.verification_failed.add(inc.id)
+                self.emit(
+                    T.VERIFICATION_FAILED,
+                    comp,
+                    inc.id,
+                    {
+                        "reason": f"probe {', '.join(failed)} failed again before passing for {stable:g}s",
+                        "cause": position,
+                    },
+                )
+            elif passing is not None and stable == 0:
+                data = _verified_by_probes(view, names, self.now - started, 0.0)
+                self.emit(T.INCIDENT_VERIFIED, comp, inc.id, {"cause": position, **data})
+                self.close(inc, "remediated", position)
+                # What else this batch saw of the component was seen while the incident was open.
+                if self.triggers.get(comp, (None, None))[0] != T.PROCESS_EXITED:
+                    self.triggers.pop(comp, None)
 
     def _recovered(self, comp: str, rec: RecordedEvent) -> None:
         sv = self.symptom(comp)
@@ -340,8 +405,10 @@ class _Analysis:
         inc = self.active(comp)
         if inc is None:
             return
-        if inc.phase == "verifying" and _stable_for(inc) > 0:
-            return  # verified by analyze_deadlines once it has stayed healthy long enough
+        if inc.phase == "verifying" and (_stable_for(inc) > 0 or _verify_probes(inc) is not None):
+            # verified by analyze_deadlines once it has stayed healthy long enough, or by the
+            # probes the step names (verify_by_probes)
+            return
         if inc.phase == "verifying":
             step = inc.actions[-1] if inc.actions else None
             took = self.now - step.finished_at if step is not None and step.finished_at is not None else None
@@ -841,6 +908,52 @@ def _exit_text(data: Any) -> str:
     if "exit_code" in data:
         return f"exit status {data['exit_code']}"
     return "exited"
+
+
+def _verify_probes(inc: IncidentView) -> list[str] | None:
+    """The probes the step's verification judges by (the policy's verify.probes), or None: all."""
+    names = (inc.plan or {}).get("verify_probes")
+    if not isinstance(names, list) or not names:
+        return None
+    return [str(n) for n in names]
+
+
+def _verify_started(inc: IncidentView) -> float:
+    """When the step's verification began: the end of its last action."""
+    last = inc.actions[-1] if inc.actions else None
+    if last is not None and last.finished_at is not None:
+        return last.finished_at
+    return inc.opened_at
+
+
+def _probe_verdict(
+    view: ComponentView, names: Sequence[str], started: float
+) -> tuple[float | None, list[str]]:
+    """Since when every named probe passes (not before ``started``; None if one does not), and
+    the named probes that turned failing after ``started``."""
+    since: float | None = started
+    failed: list[str] = []
+    for name in names:
+        status, at = view.probes.get(name, ("unknown", started))
+        if status == "passing":
+            since = None if since is None else max(since, at)
+            continue
+        since = None
+        if status == "failing" and at >= started:
+            failed.append(name)
+    return since, failed
+
+
+def _verified_by_probes(
+    view: ComponentView, names: Sequence[str], after: float, stable: float
+) -> dict[str, Any]:
+    data: dict[str, Any] = {"verified_after": round(max(0.0, after), 6), "probes": list(names)}
+    if stable:
+        data["stable_for"] = stable
+    others = sorted(n for n, (status, _) in view.probes.items() if n not in names and status == "failing")
+    if others:
+        data["still_failing"] = others  # not this step's to judge; the component is still failing
+    return data
 
 
 def _stable_for(inc: IncidentView) -> float:

@@ -20,6 +20,8 @@ class EventType(StrEnum):
     COMPONENT_FAILED = "component.failed"
     COMPONENT_RECOVERED = "component.recovered"
     COMPONENT_BECAME_UNKNOWN = "component.became_unknown"  # a probe broke: health cannot be judged
+    # One probe changed status while its component's health did not (step verification by probe)
+    PROBE_TRANSITIONED = "probe.transitioned"
     BREAKER_TRANSITIONED = "breaker.transitioned"  # an agent's circuit breaker changed state
     AGENT_REPORTED = "agent.reported"  # an agent reported a signal (state corruption, quality, ...)
     # Monitor: the telemetry link itself
@@ -85,6 +87,7 @@ OBSERVATIONS = frozenset(
         EventType.COMPONENT_FAILED,
         EventType.COMPONENT_RECOVERED,
         EventType.COMPONENT_BECAME_UNKNOWN,
+        EventType.PROBE_TRANSITIONED,
         EventType.BREAKER_TRANSITIONED,
         EventType.AGENT_REPORTED,
     }

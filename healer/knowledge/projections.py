@@ -50,6 +50,8 @@ class ComponentView:
     breakers: dict[str, dict[str, Any]] = field(default_factory=dict)  # dependency -> latest state
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> latest agent report
     last_incident: int | None = None
+    # Each probe's last recorded status and since when (a step's verification may name probes).
+    probes: dict[str, tuple[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -295,6 +297,8 @@ def _process_started(s: FleetState, ev: RecordedEvent) -> None:
     c.process_running = True
     c.health = "unknown"  # a new process must prove itself: probes start over
     c.health_since = ev.ts
+    for name in c.probes:
+        c.probes[name] = ("unknown", ev.ts)
     if ev.type == T.PROCESS_STARTED and ev.data.get("restart"):
         c.restarts += 1
 
@@ -311,6 +315,7 @@ def _component_failed(s: FleetState, ev: RecordedEvent) -> None:
     c.health = "failing"
     c.health_since = ev.ts
     c.evidence = dict(ev.data)
+    _probe_statuses(c, ev)
 
 
 def _component_recovered(s: FleetState, ev: RecordedEvent) -> None:
@@ -318,6 +323,7 @@ def _component_recovered(s: FleetState, ev: RecordedEvent) -> None:
     c.health = "healthy"
     c.health_since = ev.ts
     c.evidence = dict(ev.data)
+    _probe_statuses(c, ev)
 
 
 def _component_became_unknown(s: FleetState, ev: RecordedEvent) -> None:
@@ -325,6 +331,39 @@ def _component_became_unknown(s: FleetState, ev: RecordedEvent) -> None:
     c.health = "unknown"
     c.health_since = ev.ts
     c.evidence = dict(ev.data)
+    _probe_statuses(c, ev)
+
+
+PROBE_STATUSES = frozenset({"unknown", "passing", "failing"})
+
+
+def _set_probe(c: ComponentView, name: Any, status: Any, ts: float) -> None:
+    if not isinstance(name, str) or status not in PROBE_STATUSES:
+        return  # written by the Monitor; anything else changes nothing here
+    old = c.probes.get(name)
+    if old is None or old[0] != status:
+        c.probes[name] = (status, ts)
+
+
+def _probe_statuses(c: ComponentView, ev: RecordedEvent) -> None:
+    probes = ev.data.get("probes")
+    if isinstance(probes, dict):
+        for name, evidence in probes.items():
+            if isinstance(evidence, dict):
+                _set_probe(c, name, evidence.get("status"), ev.ts)
+
+
+def _probe_transitioned(s: FleetState, ev: RecordedEvent) -> None:
+    c = s._comp(ev)
+    name, status = ev.data.get("probe"), ev.data.get("status")
+    _set_probe(c, name, status, ev.ts)
+    probes = c.evidence.get("probes")
+    if isinstance(name, str) and status in PROBE_STATUSES and isinstance(probes, dict):
+        # Keep the evidence diagnosis reads current (copies: the recorded event's data is shared).
+        entry = {k: v for k, v in ev.data.items() if k not in ("probe", "previous")}
+        probes = {**probes, name: entry}
+        failing = sorted(n for n, p in probes.items() if isinstance(p, dict) and p.get("status") == "failing")
+        c.evidence = {**c.evidence, "probes": probes, "failing": failing}
 
 
 def _telemetry_dropped(s: FleetState, ev: RecordedEvent) -> None:
@@ -530,9 +569,7 @@ def _compensation_event(s: FleetState, ev: RecordedEvent) -> None:
     if ev.type == T.COMPENSATION_SUCCEEDED:
         view.outcome = "succeeded"
         if inc.compensating is not None:
-            inc.compensating["pending"] = [
-                c for c in inc.compensating["pending"] if c.get("key") != view.key
-            ]
+            inc.compensating["pending"] = [c for c in inc.compensating["pending"] if c.get("key") != view.key]
     elif ev.type == T.COMPENSATION_ABANDONED or ev.data.get("final"):
         # Out of retries, or unknown whether it took effect: a human takes over the rest.
         view.outcome = "abandoned" if ev.type == T.COMPENSATION_ABANDONED else "failed"
@@ -636,6 +673,8 @@ def _silence_expired(s: FleetState, ev: RecordedEvent) -> None:
     if sil is not None and sil.expired_at is None:
         sil.expired_at = ev.ts
         sil.expired_by = ev.data.get("by")
+
+
 # -- Analyze: breaker telemetry, agent reports, symptoms --------------------------------------
 def component_failing(c: ComponentView) -> bool:
     """Failing health checks, or a process that ended without being asked to."""
@@ -839,6 +878,7 @@ _HANDLERS: dict[str, Callable[[FleetState, RecordedEvent], None]] = {
     T.SILENCE_CREATED: _silence_created,
     T.SILENCE_EXPIRED: _silence_expired,
     T.COMPONENT_BECAME_UNKNOWN: _component_became_unknown,
+    T.PROBE_TRANSITIONED: _probe_transitioned,
     T.TELEMETRY_DROPPED: _telemetry_dropped,
     T.MQTT_CONNECTED: _mqtt_link,
     T.MQTT_DISCONNECTED: _mqtt_link,

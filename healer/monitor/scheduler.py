@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from healer.clock import Clock
-from healer.config import HealerConfig, ProbeConfig
+from healer.config import HealerConfig, ProbeConfig, component_probes
 from healer.knowledge.events import Event
 from healer.knowledge.events import EventType as T
 from healer.monitor.probes import Probe, ProbeRegistry, ProbeResult
@@ -89,6 +89,7 @@ class ProbeRunner:
     last: ProbeResult | None = None
     wake: Wake = field(default_factory=Wake)
     errored: bool = False  # the last check raised: this probe cannot judge its target
+    reported: str = "unknown"  # the status the event log last recorded for this probe
 
     def record(self, result: ProbeResult) -> None:
         self.last = result
@@ -113,6 +114,7 @@ class ProbeRunner:
 
     def reset(self) -> None:
         self.status, self.passes, self.failures, self.last = "unknown", 0, 0, None
+        self.reported = "unknown"  # as the log's process.started says
         self.errored = False
         self.wake.set()
 
@@ -204,15 +206,12 @@ class Monitor:
         self._clock = clock
         self.components: dict[str, ComponentHealth] = {}
         for name, comp in config.components.items():
-            specs = list(comp.probes)
-            if comp.command is not None and not any(_supervised_process(s) for s in specs):
-                specs.insert(0, ProbeConfig(type="process", interval=1.0, failure_threshold=1))
             runners = []
-            for i, spec in enumerate(specs):
+            for probe_name, spec in component_probes(comp):
                 params = registry.validate(spec.type, spec.params)
                 ctx = _Ctx(name, supervisor, http, clock, telemetry, self)
                 probe = registry.create(spec.type, params, ctx)
-                ctx.runner = ProbeRunner(spec.name or f"{spec.type}#{i}", spec, probe)
+                ctx.runner = ProbeRunner(probe_name, spec, probe)
                 runners.append(ctx.runner)
             self.components[name] = ComponentHealth(name, runners)
 
@@ -297,8 +296,10 @@ class Monitor:
             self._emit(
                 Event(T.COMPONENT_BECAME_UNKNOWN, self._clock.wall(), component=comp.name, data=evidence)
             )
+            self._probes_recorded(comp)
             return
         if health in (comp.reported, "unknown"):
+            self._probe_transitions(comp)
             return
         comp.reported = health
         probes = {r.name: r.evidence() for r in comp.runners}
@@ -308,6 +309,21 @@ class Monitor:
         if failing:
             data["failing"] = failing
         self._emit(Event(kind, self._clock.wall(), component=comp.name, data=data))
+        self._probes_recorded(comp)
+
+    @staticmethod
+    def _probes_recorded(comp: ComponentHealth) -> None:
+        for r in comp.runners:
+            r.reported = r.status  # the component's event carried every probe's status
+
+    def _probe_transitions(self, comp: ComponentHealth) -> None:
+        """A probe changed while its component's health did not: a step's verification may name
+        just that probe (``verify.probes``), so the log records the change on its own."""
+        for r in comp.runners:
+            if r.status != r.reported:
+                data = {"probe": r.name, "previous": r.reported, **r.evidence()}
+                r.reported = r.status
+                self._emit(Event(T.PROBE_TRANSITIONED, self._clock.wall(), component=comp.name, data=data))
 
     # -- hooks from the supervisor ------------------------------------------------------------
     def process_started(self, component: str) -> None:
@@ -326,8 +342,3 @@ class Monitor:
             if runner.spec.type == "process" and getattr(runner.probe, "supervised", True):
                 runner.force_failing(ProbeResult(False, "process exited", data))
         self._update(comp)
-
-
-def _supervised_process(spec: ProbeConfig) -> bool:
-    params = spec.params
-    return spec.type == "process" and params.get("pidfile") is None and params.get("cmdline") is None

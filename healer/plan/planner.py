@@ -341,6 +341,8 @@ def decide(state: FleetState, inc: IncidentView, policies: PolicySet, now: float
         "skipped": skipped,
         "reason": reason,
     }
+    if step.verify_probes is not None:
+        data["verify_probes"] = step.verify_probes  # only these probes judge the step
     ev = Event(T.INCIDENT_PLANNED, now, comp_name, inc.id, data)
     return done("planned", [ev], step=idx, checks=checks)
 

@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 
-from healer.config import parse_duration
+from healer.config import HealerConfig, component_probes, parse_duration
 from healer.errors import PolicyError
 from healer.yamldoc import YamlDocument, YamlDocumentError, YamlProblem, format_key_path, load_yaml_file
 
@@ -222,7 +222,13 @@ class ActionSpec(_Strict):
 
 
 class Verify(_Strict):
-    timeout: PDuration = Field(default=30.0, description="the component must pass its probes within this")
+    probes: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        default=None,
+        min_length=1,
+        description="the probes that must pass, by the names the config gives them (`name`, else "
+        "TYPE#INDEX); default: all of the component's probes",
+    )
+    timeout: PDuration = Field(default=30.0, description="the probes must pass within this")
     stable_for: PDuration = Field(
         default=0.0, description="and then keep passing this long before the step counts as a success"
     )
@@ -309,6 +315,11 @@ class Step(_Strict):
     @property
     def stable_for(self) -> float:
         return self.verify.stable_for if self.verify is not None else 0.0
+
+    @property
+    def verify_probes(self) -> list[str] | None:
+        """The probes the verification judges by (None: all of the component's)."""
+        return list(self.verify.probes) if self.verify is not None and self.verify.probes else None
 
     def label(self, index: int) -> str:
         return f"step {index} ({self.name or self.kind})"
@@ -453,6 +464,22 @@ class PolicySet:
 EMPTY = PolicySet((), {})
 
 
+@dataclass(frozen=True)
+class Member:
+    """What policies may refer to of one configured component: its labels and probe names."""
+
+    labels: Mapping[str, str]
+    probes: tuple[str, ...]
+
+
+def fleet_of(config: HealerConfig) -> dict[str, Member]:
+    """The configured components as the policy loader checks them (``load_policies(fleet=)``)."""
+    return {
+        name: Member(dict(comp.labels), tuple(n for n, _ in component_probes(comp)))
+        for name, comp in config.components.items()
+    }
+
+
 # -- strategies -> actions -------------------------------------------------------------------------
 def expand_step(step: Step) -> list[dict[str, Any]]:
     """The saga of actions a step runs, in order: ``{"actuator", "action", "params", "timeout"}``.
@@ -551,8 +578,9 @@ def _zone(name: str) -> dt.tzinfo:
 class _Checker:
     """Checks pydantic cannot express: names, combinations, installed actuators, time zones."""
 
-    def __init__(self, installed: frozenset[str] | None) -> None:
+    def __init__(self, installed: frozenset[str] | None, fleet: Mapping[str, Member] | None = None) -> None:
         self.installed = installed
+        self.fleet = fleet
         self.found: list[tuple[Loc, str]] = []
         self._actions_cache: dict[str, frozenset[str] | None] = {}
 
@@ -593,6 +621,38 @@ class _Checker:
         if known is not None and action not in known:
             self.add(action_loc, f"actuator {name!r} has no action {action!r}{_hint(action, known)}")
 
+    def verify_probes(self, loc: Loc, match: Match, step: Step) -> None:
+        """Every probe a step's verification names must be a probe of every configured component
+        the policy can match (checked only when the config is known: the daemon, ``-c``)."""
+        names = step.verify_probes
+        if self.fleet is None or not names:
+            return
+        matched = [
+            (comp, member)
+            for comp, member in sorted(self.fleet.items())
+            if any(fnmatch.fnmatchcase(comp, pat) for pat in match.components)
+            and all(member.labels.get(k) == v for k, v in match.labels.items())
+        ]
+        for k, probe in enumerate(names):
+            lacking = [(c, m) for c, m in matched if probe not in m.probes]
+            if not lacking:
+                continue
+            who = ", ".join(c for c, _ in lacking[:5]) + (
+                f" and {len(lacking) - 5} more" if len(lacking) > 5 else ""
+            )
+            known = {p for _, m in lacking for p in m.probes}
+            near = difflib.get_close_matches(probe, sorted(known), n=1)
+            first, member = lacking[0]
+            hint = (
+                f" (did you mean {near[0]!r}?)"
+                if near
+                else f" ({first} has: {', '.join(member.probes) or 'no probes'})"
+            )
+            self.add(
+                (*loc, "verify", "probes", k),
+                f"unknown probe {probe!r}: not a probe of {who}, matched by this policy{hint}",
+            )
+
     def spec(self, loc: Loc, a: ActionSpec) -> None:
         self.actuator((*loc, "actuator"), a.actuator, a.action, (*loc, "action"))
 
@@ -609,6 +669,9 @@ class _Checker:
             return
         if s.verify is not None and s.verify_timeout is not None:
             self.add((*loc, "verify_timeout"), "set either `verify_timeout` or `verify.timeout`, not both")
+        for k, probe in enumerate(s.verify_probes or []):
+            if probe in (s.verify_probes or [])[:k]:
+                self.add((*loc, "verify", "probes", k), f"probe {probe!r} is listed twice")
         kind = s.kind
         if kind == RUN:
             if s.actions is not None:
@@ -682,12 +745,19 @@ class _Checker:
         self.conditions((*loc, "when"), s.when)
 
 
-def load_policies(paths: Sequence[Path], *, installed: frozenset[str] | None = None) -> PolicySet:
+def load_policies(
+    paths: Sequence[Path],
+    *,
+    installed: frozenset[str] | None = None,
+    fleet: Mapping[str, Member] | None = None,
+) -> PolicySet:
     """Load policy files (directories expand to their ``*.yaml``/``*.yml`` files).
 
-    ``installed``: the actuator names steps may use (default: read the entry points now). All
-    problems in all files are collected and raised together as :class:`PolicyError`, one line
-    each: ``file:line:column: key.path: message``.
+    ``installed``: the actuator names steps may use (default: read the entry points now).
+    ``fleet``: the configured components (:func:`fleet_of`), when known: probe names in
+    ``verify.probes`` are checked against the components each policy matches. All problems in
+    all files are collected and raised together as :class:`PolicyError`, one line each:
+    ``file:line:column: key.path: message``.
     """
     if installed is None:
         installed = installed_actuators()
@@ -709,7 +779,7 @@ def load_policies(paths: Sequence[Path], *, installed: frozenset[str] | None = N
         if result is None:
             continue
         parsed, models, loose = result
-        checker = _Checker(installed)
+        checker = _Checker(installed, fleet)
         for sloc, step, last in loose:
             checker.step(sloc, step, last)
         file_tz = checker.zone(("timezone",), parsed.timezone, dt.UTC)
@@ -729,6 +799,7 @@ def load_policies(paths: Sequence[Path], *, installed: frozenset[str] | None = N
             step_tz = []
             for j, step in enumerate(model.steps):
                 checker.step((*loc, "steps", j), step, j == len(model.steps) - 1)
+                checker.verify_probes((*loc, "steps", j), model.match, step)
                 stz = file_tz
                 if step.when is not None and step.when.time is not None:
                     stz = checker.zone(
