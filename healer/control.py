@@ -83,6 +83,20 @@ def group_id(name: str) -> int:
         raise ConfigError(f"control_group: group {name!r} does not exist") from None
 
 
+def unreachable_ancestors(directory: Path, gid: int) -> list[Path]:
+    """The ancestors of ``directory`` a member of group ``gid`` (not their owner) cannot search."""
+    out = []
+    for parent in directory.resolve().parents:
+        try:
+            st = parent.stat()
+        except OSError:
+            continue
+        if st.st_mode & 0o001 or (st.st_gid == gid and st.st_mode & 0o010):
+            continue
+        out.append(parent)
+    return out
+
+
 @contextlib.contextmanager
 def _reachable(path: Path) -> Iterator[str]:
     """A path short enough for sockaddr_un that names ``path`` (via the parent's fd if needed)."""
@@ -117,11 +131,28 @@ class ControlServer:
         finally:
             os.umask(old)
         if self._gid is not None:
-            os.chown(self.path, -1, self._gid)
-            os.chmod(self.path, 0o660)
-            # Group members must be able to reach the socket, and nothing else in the state dir.
-            os.chown(self.path.parent, -1, self._gid)
-            os.chmod(self.path.parent, 0o710)  # noqa: S103  traverse only; files inside stay 0600
+            try:
+                os.chown(self.path, -1, self._gid)
+                os.chmod(self.path, 0o660)
+                # Group members must be able to reach the socket, and nothing else in the state
+                # dir: traverse only (no listing); everything in it stays 0600 / 0700.
+                os.chown(self.path.parent, -1, self._gid)
+                os.chmod(self.path.parent, 0o710)  # noqa: S103
+            except PermissionError as exc:
+                await self.close()
+                raise ConfigError(
+                    f"control_group: cannot give group {self._group!r} the control socket "
+                    f"({exc.strerror}): the daemon's user must be root or a member of that group"
+                ) from None
+            for blocked in unreachable_ancestors(self.path.parent, self._gid):
+                log.warning(
+                    "control_group %s: members cannot reach %s: %s is mode %03o and not theirs to "
+                    "traverse (allow it with chmod o+x, or a group they are in with g+x)",
+                    self._group,
+                    self.path,
+                    blocked,
+                    blocked.stat().st_mode & 0o777,
+                )
         else:
             os.chmod(self.path, 0o600)
 
@@ -197,7 +228,11 @@ async def _reply(writer: asyncio.StreamWriter, response: dict[str, Any]) -> None
 
 def request(path: Path, payload: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
     """Send one request to the daemon and return its answer (the CLI side)."""
-    if not path.exists():
+    try:
+        present = path.exists()
+    except PermissionError:
+        present = True  # a directory we may not search: connecting says so, below
+    if not present:
         raise ControlError(f"no control socket at {path}: is the daemon running with this state directory?")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)

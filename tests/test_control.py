@@ -52,3 +52,20 @@ def test_client_without_a_daemon_says_so(tmp_path: Path) -> None:
         request(tmp_path / "control.sock", {"op": "ping"})
     out = healer_cli("approve", "1", "--state-dir", str(tmp_path))
     assert out.returncode == 1 and "no control socket" in out.stderr
+
+
+def test_ancestors_a_group_member_cannot_search_are_named(tmp_path: Path) -> None:
+    gid = grp.getgrgid(65534).gr_gid
+    top = tmp_path / "top"
+    mid = top / "mid"
+    leaf = mid / "state"
+    leaf.mkdir(parents=True)
+    from healer.control import unreachable_ancestors
+
+    top.chmod(0o755)
+    mid.chmod(0o700)
+    blocked = unreachable_ancestors(leaf, gid)
+    assert mid in blocked and top not in blocked
+    os.chown(mid, -1, gid)
+    mid.chmod(0o710)  # searchable by that group: fine
+    assert mid not in unreachable_ancestors(leaf, gid)
