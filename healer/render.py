@@ -84,8 +84,17 @@ def describe(rec: RecordedEvent) -> str:
         return f"{inc}{who}: verification failed: {d.get('reason')}"
     if t == T.INCIDENT_VERIFIED:
         after = d.get("verified_after")
-        return f"{inc}{who}: verified healthy" + (
-            f" {after:.2f}s after the action" if after is not None else ""
+        probes = d.get("probes")
+        what = (
+            f"verified by probes {', '.join(map(str, probes))}"
+            if isinstance(probes, list)
+            else "verified healthy"
+        )
+        still = d.get("still_failing")
+        return (
+            f"{inc}{who}: {what}"
+            + (f" {after:.2f}s after the action" if isinstance(after, int | float) else "")
+            + (f" (still failing: {', '.join(map(str, still))})" if isinstance(still, list) and still else "")
         )
     if t == T.INCIDENT_RESOLVED:
         return f"{inc}{who}: resolved ({d.get('resolution')}), RTO {d.get('rto_achieved', 0):.2f}s"
@@ -137,6 +146,9 @@ def describe(rec: RecordedEvent) -> str:
     text = describe_execute(rec)
     if text is not None:
         return text
+    if t == T.PROBE_TRANSITIONED:
+        detail = f": {d.get('detail')}" if d.get("detail") else ""
+        return f"{who}: probe {d.get('probe')} {d.get('previous')} -> {d.get('status')}{detail}"
     if t == T.COMPONENT_BECAME_UNKNOWN:
         return f"{who}: health unknown: probe error in {', '.join(d.get('errored', [])) or '?'}"
     if t == T.BREAKER_TRANSITIONED:

@@ -263,6 +263,14 @@ def test_probe_names_come_from_the_config(tmp_path: Path) -> None:
     assert f"{d / 'p.yaml'}:6:47: policies[0].steps[0].verify.probes[0]: unknown probe 'http'" in out.stdout
     assert "did you mean 'http#1'?" in out.stdout
     assert healer_cli("policy", "check", "--no-plugins", str(d)).returncode == 0, "no config, no probe check"
+    # With the names the config gives, the check passes and explain says what will be verified.
+    (d / "p.yaml").write_text(
+        (d / "p.yaml").read_text().replace("[http, heartbeat]", '["http#1", heartbeat]')
+    )
+    assert healer_cli("policy", "check", "-c", str(cfg), str(d)).returncode == 0
+    out = healer_cli("policy", "explain", "-c", str(cfg), "--component", "agent", "--failure", "crash")
+    assert out.returncode == 0, out.stderr
+    assert "verify: probes http#1, heartbeat pass within 30s" in out.stdout
     # Two probes of one component with one name could not be told apart.
     cfg.write_text(cfg.read_text().replace("type: http,", "type: http, name: heartbeat,"))
     with pytest.raises(

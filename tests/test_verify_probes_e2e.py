@@ -95,6 +95,10 @@ def test_only_the_named_probes_decide_a_step(tmp_path: Path) -> None:
         assert esc[0]["data"]["reason"].endswith("dep never came back")
         assert not events(state, "incident.verified", "by-dep")
 
+        log = healer_cli("log", "-c", str(cfg)).stdout
+        assert "by-http: probe http unknown -> passing" in log
+        assert "by-http: verified by probes http" in log and "(still failing: dep)" in log
+
         # What was seen while by-http's incident was open is not a new failure: no second one.
         time.sleep(1.0)
         assert len(events(state, "incident.detected", "by-http")) == 1
@@ -114,6 +118,11 @@ def test_only_the_named_probes_decide_a_step(tmp_path: Path) -> None:
         assert "unknown probe 'heartbeat'" in rejected[0]["data"]["problems"][0]
         assert events(state, "policies.loaded")[-1]["data"]["hash"] == loaded
         assert d.stop() == 0
+    # Every decision, verifications by named probes included, is re-made identically from the log.
+    where.write_text(POLICY)
+    replayed = healer_cli("replay", "-c", str(cfg), "--verify")
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "re-made identically" in replayed.stdout
 
 
 def test_daemon_refuses_to_start_with_an_unknown_probe_name(tmp_path: Path) -> None:
