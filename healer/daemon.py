@@ -26,6 +26,8 @@ from healer.clock import Clock, SystemClock
 from healer.config import HealerConfig
 from healer.control import DaemonControl
 from healer.dr.objectives import objectives_event
+from healer.dr.retention import Retention
+from healer.dr.store import CheckpointStore
 from healer.errors import HealerError, PolicyError, StoreError
 from healer.execute.actuators import ActuatorServices
 from healer.execute.executor import Executor
@@ -261,6 +263,14 @@ class Daemon:
                 ]
                 if link is not None:
                     aux.append(tg.create_task(link.run(), name="mqtt"))
+                retention = Retention(
+                    CheckpointStore.in_state_dir(cfg.state_dir),
+                    state,
+                    loop.submit,
+                    cfg.dr.keep_checkpoints,
+                    cfg.dr.retention_interval,
+                )
+                aux.append(tg.create_task(retention.run(self.clock.sleep), name="checkpoint-retention"))
                 # What start-up built (config, models, probes) lives as long as the daemon: keep it
                 # out of every full GC pass, which otherwise stalls the loop ~0.1 s on big fleets.
                 gc.collect()

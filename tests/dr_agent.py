@@ -1,7 +1,7 @@
 """A real agent process using healer.agent.state: ``python -m tests.dr_agent --name A --state-dir S ...``.
 
-Fresh (no checkpoint): saves checkpoints 1..5 (state ``{"step": i}``, labels ``cpI``); right after
-checkpoint 3 it books orders A, B, C through the booking service (tests/ledger.py; each booking a
+Fresh (no checkpoint): saves checkpoints 1..5 (``--checkpoints N``: 1..N; state ``{"step": i}``, labels ``cpI``); right after
+checkpoint 3 it books orders A, B, C through the booking service (if ``--booking`` is given) (tests/ledger.py; each booking a
 compensatable effect whose compensation is ``POST /undo/order-X``) and makes one read-only
 quote; ``--pivot-after N`` records a pivot (a captured payment) after checkpoint N,
 ``--book-after5`` books order D after checkpoint 5. Then it waits for ``--go`` (if given) and
@@ -48,6 +48,7 @@ def main() -> int:
     ap.add_argument("--go", type=Path, default=None)
     ap.add_argument("--pivot-after", type=int, default=None)
     ap.add_argument("--book-after5", action="store_true")
+    ap.add_argument("--checkpoints", type=int, default=5)
     ap.add_argument("--resumed-file", type=Path, default=None)
     ap.add_argument("--role", default=None)
     ap.add_argument("--act-every", type=float, default=None)
@@ -87,9 +88,9 @@ def main() -> int:
             time.sleep(0.1)
         return 0
 
-    for i in range(1, 6):
+    for i in range(1, args.checkpoints + 1):
         st.save(json.dumps({"step": i}).encode(), label=f"cp{i}")
-        if i == 3:
+        if i == 3 and args.booking:
             for o in ("A", "B", "C"):
                 name = f"order-{o}"
                 with st.effect(f"book-{o}", f"book {name}", compensation=undo(args.booking, name)):

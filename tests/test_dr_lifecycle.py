@@ -1,0 +1,110 @@
+"""DR around the rollback: retention, rollback "before the incident", degrade's flags put back
+when the incident resolves, swap_model's lineage. Real daemon, real agent processes
+(tests/dr_agent.py through healer.agent.state), real files."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from healer.dr.retention import to_remove
+from healer.dr.store import Checkpoint, CheckpointStore
+from healer.knowledge.events import EventType as T
+from healer.knowledge.events import RecordedEvent
+from healer.knowledge.projections import FleetState
+from tests.helpers import events, running_daemon, wait_for, write_config
+from tests.test_dr_e2e import AGENT, component
+
+APPROVAL_ROLLBACK = """\
+version: 1
+policies:
+  - name: dr-rollback
+    match:
+      components: ["booker"]
+      failures: [crash, hang]
+    steps:
+      - strategy: rollback
+        checkpoint: label:cp2
+        approval: {timeout: 60s}
+      - strategy: escalate
+"""
+
+
+def agent_argv(tmp: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, AGENT, "--name", "booker", "--state-dir", str(tmp / "state"),
+        "--resumed-file", str(tmp / "resumed.json"), *extra,
+    ]  # fmt: skip
+
+
+# -- retention -------------------------------------------------------------------------------------
+def test_retention_keeps_newest_n_head_and_what_a_pending_approval_names(tmp_path: Path) -> None:
+    comps = component("booker", agent_argv(tmp_path, "--checkpoints", "8"))
+    extra = "dr:\n  keep_checkpoints: 3\n  retention_interval: 2s\n"
+    cfg = write_config(tmp_path, comps, APPROVAL_ROLLBACK, extra)
+    with running_daemon(cfg) as d:
+        # The agent saves 1..8 and crashes; the rollback to cp2 waits for a human.
+        wait_for(lambda: events(d.state_dir, "approval.requested"), timeout=20, what="the approval request")
+        removed = wait_for(
+            lambda: (evs := events(d.state_dir, "checkpoint.removed")) and len(evs) >= 4 and evs,
+            timeout=20,
+            what="retention to run",
+        )
+        time.sleep(2.5)  # a later pass removes nothing more
+        removed = events(d.state_dir, "checkpoint.removed")
+        assert sorted(e["data"]["seq"] for e in removed) == [1, 3, 4, 5]
+        assert all(e["data"]["keep"] == 3 and e["component"] == "booker" for e in removed)
+        store = CheckpointStore.in_state_dir(d.state_dir)
+        left = store.list("booker")
+        assert [c.seq for c in left] == [2, 6, 7, 8]
+        # The kept one still verifies (its blob was not removed with the others).
+        assert store.verify(store.get("booker", 2)) is None
+        for e in removed:
+            assert e["data"]["blob_removed"] is True
+            assert not store.blob_path(e["data"]["sha256"]).exists()
+        appr = events(d.state_dir, "approval.requested")[0]
+        assert appr["position"] < removed[0]["position"]
+    log = healer_log(cfg)
+    assert "checkpoint booker#1 (cp1) removed by retention" in log
+
+
+def healer_log(cfg: Path) -> str:
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", "healer", "log", "--config", str(cfg)],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+
+
+def _rec(pos: int, type_: str, ts: float, comp: str | None, inc: int | None, **data: object) -> RecordedEvent:
+    return RecordedEvent(pos, type_, ts, comp, inc, data)
+
+
+def test_retention_decision_is_pure_over_the_snapshot() -> None:
+    cps = [Checkpoint("a", i, 100.0 + i, f"{i:064x}", 1, 1, f"cp{i}") for i in range(1, 11)]
+    other = [Checkpoint("b", i, 100.0 + i, f"{i + 50:064x}", 1) for i in range(1, 4)]
+    state = FleetState()
+    # An open incident on "a" opened at 104.5 with a restore of seq:2 started (in its intent).
+    state.apply(_rec(1, T.INCIDENT_DETECTED, 104.5, "a", 1))
+    state.apply(
+        _rec(2, T.STEP_STARTED, 105.0, "a", 1, actuator="dr", action="restore", idempotency_key="k",
+             before={"agent": "a", "seq": 2})
+    )  # fmt: skip
+    out = to_remove(state, {"a": cps, "b": other}, {"a": 9, "b": 3}, keep=3)
+    # Kept on a: 8, 9, 10 (newest), 9 (HEAD), 2 (the restore), 4 (last before the incident opened).
+    assert [(r.checkpoint.agent, r.checkpoint.seq) for r in out] == [
+        ("a", 1),
+        ("a", 3),
+        ("a", 5),
+        ("a", 6),
+        ("a", 7),
+    ]
+    # Once the incident resolves, nothing protects 2 and 4 any more.
+    state.apply(_rec(3, T.INCIDENT_RESOLVED, 106.0, "a", 1, resolution="verified"))
+    out = to_remove(state, {"a": cps, "b": other}, {"a": 9, "b": 3}, keep=3)
+    assert [r.checkpoint.seq for r in out] == [1, 2, 3, 4, 5, 6, 7]
+    # HEAD is never removed, however old.
+    out = to_remove(state, {"a": cps}, {"a": 1}, keep=2)
+    assert 1 not in [r.checkpoint.seq for r in out]
