@@ -190,11 +190,7 @@ class Daemon:
                 # ...and plans recorded before the failure whose intent could not be are dispatched again.
                 for inc in state.incidents.values():
                     key = (inc.plan or {}).get("idempotency_key")
-                    if (
-                        inc.phase == "planned"
-                        and inc.plan is not None
-                        and not executor.dispatched(str(key))
-                    ):
+                    if inc.phase == "planned" and inc.plan is not None and not executor.dispatched(str(key)):
                         executor.dispatch(
                             RecordedEvent(
                                 state.position,
@@ -229,7 +225,14 @@ class Daemon:
                 link = MqttLink.from_config(cfg, loop.submit, self.clock)
             telemetry = link.book if link is not None else None
             monitor = Monitor(cfg, registry, supervisor, loop.submit, self.clock, http, telemetry)
-            services = ActuatorServices(supervisor, cfg.state_dir, cfg.execute, http, emit=loop.submit)
+            services = ActuatorServices(
+                supervisor,
+                cfg.state_dir,
+                cfg.execute,
+                http,
+                emit=loop.submit,
+                incident_opened_at=lambda i: inc.opened_at if (inc := state.incidents.get(i)) else None,
+            )
             actuators = ActuatorRegistry.discover(services)
             executor = Executor(actuators, loop.record, self.clock, submit=loop.submit, settings=cfg.execute)
             executor.breakers.restore(state.actuator_breakers)

@@ -4,6 +4,7 @@ when the incident resolves, swap_model's lineage. Real daemon, real agent proces
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -108,3 +109,67 @@ def test_retention_decision_is_pure_over_the_snapshot() -> None:
     # HEAD is never removed, however old.
     out = to_remove(state, {"a": cps}, {"a": 1}, keep=2)
     assert 1 not in [r.checkpoint.seq for r in out]
+
+
+# -- rollback to "before the incident" -------------------------------------------------------------
+BEFORE_INCIDENT = """\
+version: 1
+policies:
+  - name: dr-rollback
+    match:
+      components: ["booker"]
+      failures: [unhealthy, crash, hang]
+    steps:
+      - strategy: rollback
+        checkpoint: before-incident
+        approval: {timeout: 2.5s, default: approve}
+        verify: {timeout: 10s, stable_for: 0.3s}
+      - strategy: escalate
+"""
+
+
+def sick_component(tmp: Path, *extra: str) -> str:
+    sick = tmp / "sick"
+    argv = agent_argv(tmp, "--checkpoints", "3", "--sick-file", str(sick), *extra)
+    return (
+        "  booker:\n"
+        f"    command:\n      argv: {json.dumps(argv)}\n      stop_timeout: 2s\n"
+        "    probes:\n"
+        "      - type: process\n"
+        "      - type: exec\n"
+        f'        argv: ["test", "!", "-e", "{sick}"]\n'
+        "        interval: 0.2s\n"
+        "        failure_threshold: 1\n"
+    )
+
+
+def test_rollback_before_the_incident_passes_over_checkpoints_saved_after_it_opened(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, sick_component(tmp_path, "--after-sick", "2"), BEFORE_INCIDENT)
+    with running_daemon(cfg) as d:
+        wait_for(lambda: events(d.state_dir, "incident.resolved", "booker"), timeout=40, what="the rollback")
+        detected = events(d.state_dir, "incident.detected", "booker")[0]["ts"]
+        store = CheckpointStore.in_state_dir(d.state_dir)
+        cps = {c.seq: c for c in store.list("booker")}
+        # 4 and 5 were saved while the incident was open (the approval gate held the rollback).
+        assert cps[3].created_at < detected < cps[4].created_at < cps[5].created_at
+        restore = next(e for e in events(d.state_dir, "step.succeeded") if e["data"]["action"] == "restore")
+        res = restore["data"]["result"]
+        assert res["seq"] == 3 and res["target"] == "before-incident"
+        assert res["incident_opened_at"] == detected
+        assert json.loads((tmp_path / "resumed.json").read_text())["state"] == {"step": 3}
+        assert store.head("booker") == 3
+
+
+def test_before_incident_never_goes_before_a_pivot(tmp_path: Path) -> None:
+    from healer.agent.state import AgentState
+    from healer.dr.actuator import pick
+
+    store = CheckpointStore.in_state_dir(tmp_path / "state")
+    cps = [store.save("a", f"{i}".encode(), label=f"cp{i}", created_at=1000.0 + i) for i in range(1, 6)]
+    assert pick(store, "a", "before-incident", 1003.5)[0].seq == 3
+    # A pivot after checkpoint 3: nothing at or before 3 may be restored; 4 is as far back as it goes.
+    store.set_head("a", cps[2])
+    with AgentState("a", tmp_path / "state").effect("pay", "capture payment", kind="pivot"):
+        pass
+    cp, _, floor = pick(store, "a", "before-incident", 1003.5)
+    assert (cp.seq, floor) == (4, 3)

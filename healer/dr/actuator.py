@@ -1,6 +1,7 @@
 """``dr``: the disaster-recovery actuator behind the ``rollback`` and ``failover`` strategies.
 
-- ``restore {checkpoint, agent}``: pick the checkpoint (``latest``, ``seq:N``, ``label:NAME``), never
+- ``restore {checkpoint, agent}``: pick the checkpoint (``latest``, ``before-incident``, ``seq:N``,
+  ``label:NAME``), never
   at or before the checkpoint the agent's latest pivot happened after; re-hash and validate it;
   a corrupt one is marked, reported (``checkpoint.corrupted`` and an ``agent.reported``
   ``state_corruption`` observation) and the previous good one used. The choice is made in
@@ -28,6 +29,7 @@ from pydantic import field_validator
 
 from healer.agent.state import fence_path, read_fence
 from healer.dr import ledger as L
+from healer.dr.retention import BEFORE_INCIDENT
 from healer.dr.store import Checkpoint, CheckpointError, CheckpointStore, CorruptCheckpoint
 from healer.errors import ActuatorError
 from healer.execute.actuators import ActionContext, Actuator
@@ -62,9 +64,12 @@ class _Promote(Params):
 
 
 def pick(
-    store: CheckpointStore, agent: str, target: str
+    store: CheckpointStore, agent: str, target: str, opened_at: float | None = None
 ) -> tuple[Checkpoint, list[dict[str, Any]], int | None]:
-    """The checkpoint to restore, the corrupt ones passed over, and the pivot floor."""
+    """The checkpoint to restore, the corrupt ones passed over, and the pivot floor.
+
+    ``before-incident``: the newest checkpoint created before ``opened_at`` (the incident's
+    detection: the last state saved while nobody knew anything was wrong)."""
     cps = store.list(agent)
     if not cps:
         raise ActuatorError(f"no checkpoint for {agent!r}")
@@ -79,8 +84,17 @@ def pick(
         if not named:
             raise ActuatorError(f"no checkpoint labelled {target[6:]!r} for {agent!r}")
         limit = max(named)
+    elif target == BEFORE_INCIDENT:
+        if opened_at is None:
+            raise ActuatorError("checkpoint before-incident: the incident's detection time is unknown")
+        before = [c.seq for c in cps if c.created_at < opened_at]
+        if not before:
+            raise ActuatorError(f"no checkpoint of {agent!r} was created before the incident opened")
+        limit = max(before)
     else:
-        raise ActuatorError(f"checkpoint target must be latest, seq:N or label:NAME, got {target!r}")
+        raise ActuatorError(
+            f"checkpoint target must be latest, before-incident, seq:N or label:NAME, got {target!r}"
+        )
     candidates = [c for c in cps if c.seq <= limit]
     if floor is not None:
         candidates = [c for c in candidates if c.seq > floor]
@@ -133,7 +147,9 @@ class DrActuator(Base):
         store = self.store()
         if ctx.action == "restore":
             target = render(p.checkpoint, template_values(ctx.component, ctx.incident, ctx.idempotency_key))
-            cp, skipped, floor = pick(store, agent, target)
+            lookup = self.services.incident_opened_at
+            opened = lookup(ctx.incident) if lookup is not None else None
+            cp, skipped, floor = pick(store, agent, target, opened)
             for s in skipped:
                 self._corrupt(ctx, agent, s)
             return {
@@ -145,6 +161,8 @@ class DrActuator(Base):
                 "head_before": store.head(agent),
                 "skipped_corrupt": skipped,
                 "pivot_floor": floor,
+                "target": target,
+                "incident_opened_at": opened,
             }
         if ctx.action == "compensate":
             head = store.head(agent) or 0

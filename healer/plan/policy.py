@@ -251,7 +251,10 @@ class Step(_Strict):
     via: Literal["process", "systemd"] = Field(default="process", description="restart: which actuator")
     unit: str | None = Field(default=None, description="restart via systemd: the unit")
     # rollback
-    checkpoint: str = Field(default="latest", description="rollback: the checkpoint to restore")
+    checkpoint: str = Field(
+        default="latest",
+        description="rollback: the checkpoint to restore: latest, before-incident, seq:N or label:NAME",
+    )
     compensations: list[ActionSpec] = Field(
         default_factory=list, description="rollback: compensating actions run after the restore"
     )
@@ -548,6 +551,9 @@ def _zone(name: str) -> dt.tzinfo:
         raise ValueError(f"unknown timezone {name!r}") from exc
 
 
+_CHECKPOINT_TARGET = re.compile(r"^(latest|before-incident|seq:[0-9]+|label:.+)$")
+
+
 class _Checker:
     """Checks pydantic cannot express: names, combinations, installed actuators, time zones."""
 
@@ -644,6 +650,11 @@ class _Checker:
             for key in needs:
                 if getattr(s, key) in (None, [], {}):
                     self.add((*loc, key), f"strategy {kind!r} needs `{key}`")
+            if kind == "rollback" and not _CHECKPOINT_TARGET.match(s.checkpoint):
+                self.add(
+                    (*loc, "checkpoint"),
+                    f"checkpoint must be latest, before-incident, seq:N or label:NAME, got {s.checkpoint!r}",
+                )
             if kind == "restart" and s.via == "systemd" and not s.unit:
                 self.add((*loc, "unit"), "restart via systemd needs the `unit` to restart")
             if kind not in ("compensate",) and s.actions is not None:
