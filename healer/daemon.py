@@ -25,6 +25,7 @@ from healer.analyze.taxonomy import Taxonomy, load_taxonomy
 from healer.clock import Clock, SystemClock
 from healer.config import HealerConfig
 from healer.control import DaemonControl
+from healer.dr.aftercare import Aftercare, lineage_event
 from healer.dr.objectives import objectives_event
 from healer.dr.retention import Retention
 from healer.dr.store import CheckpointStore
@@ -152,6 +153,7 @@ class Daemon:
             commands = {n: c.command for n, c in cfg.components.items() if c.command is not None}
             decider = decider_for(cfg, policies, self.taxonomy)  # the same one replay builds
             executor: Executor | None = None
+            aftercare: Aftercare | None = None
             link: MqttLink | None = None
             metrics = self._start_metrics(state)
 
@@ -175,6 +177,12 @@ class Daemon:
                     measured = objectives_event(state, rec, cfg, self.clock.wall())
                     if measured is not None:
                         loop.submit(measured)
+                    if aftercare is not None:
+                        aftercare.incident_resolved(rec.incident)
+                elif rec.type == T.STEP_SUCCEEDED:
+                    lineage = lineage_event(state, rec, self.clock.wall())
+                    if lineage is not None:
+                        loop.submit(lineage)
                 if self._on_event is not None:
                     self._on_event(rec)
 
@@ -236,6 +244,7 @@ class Daemon:
             actuators = ActuatorRegistry.discover(services)
             executor = Executor(actuators, loop.record, self.clock, submit=loop.submit, settings=cfg.execute)
             executor.breakers.restore(state.actuator_breakers)
+            aftercare = Aftercare(state, actuators.get, loop.submit)
 
             async with asyncio.TaskGroup() as tg:
                 loop_task = tg.create_task(loop.run(), name="control-loop")
@@ -254,6 +263,7 @@ class Daemon:
                 await loop.record(Event(T.POLICIES_LOADED, self.clock.wall(), data=_policies_data(policies)))
                 await loop.record(Event(T.ACTUATORS_LOADED, self.clock.wall(), data=actuators.summary()))
                 await self._recover(state, supervisor, loop, executor)
+                aftercare.incident_resolved()  # flags a previous run resolved but did not restore
                 control = DaemonControl(self, loop, state, self.clock, cfg.components)
                 await control.start(cfg.state_dir, cfg.control_group)
                 wake = next_wakeup(state)
@@ -293,6 +303,7 @@ class Daemon:
                 log.info("stopping: letting in-flight actions finish (up to %ss)", cfg.shutdown_timeout)
                 monitor_task.cancel()
                 await executor.drain(cfg.shutdown_timeout)
+                await aftercare.drain()
                 if cfg.stop_components_on_exit:
                     await supervisor.stop_all(grace_cap=cfg.shutdown_timeout)
                 if link is not None:  # publish what was recorded so far, then say offline

@@ -5,6 +5,7 @@ when the incident resolves, swap_model's lineage. Real daemon, real agent proces
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -173,3 +174,119 @@ def test_before_incident_never_goes_before_a_pivot(tmp_path: Path) -> None:
         pass
     cp, _, floor = pick(store, "a", "before-incident", 1003.5)
     assert (cp.seq, floor) == (4, 3)
+
+
+# -- degrade: flags put back when the incident resolves ----------------------------------------------
+DEGRADE = """\
+version: 1
+policies:
+  - name: degrade-on-provider-outage
+    match: {{components: [chat], failures: [unhealthy]}}
+    steps:
+      - strategy: degrade
+        flags: {{use_local_model: true, web_browsing: false}}
+        params: {{file: {flags}}}
+        max_attempts: 1
+        verify: {{timeout: 10s, stable_for: 0.5s}}
+      - strategy: escalate
+"""
+
+# Healthy while the provider is up, or while the agent uses the local model.
+CHAT_PROBE = (
+    "import json, os, sys; f = json.load(open(sys.argv[1])); "
+    "sys.exit(0 if f.get('use_local_model') or not os.path.exists(sys.argv[2]) else 1)"
+)
+
+
+def probe_only(name: str, argv: list[str]) -> str:
+    return (
+        f"  {name}:\n"
+        "    probes:\n"
+        "      - type: exec\n"
+        f"        argv: {json.dumps(argv)}\n"
+        "        interval: 0.2s\n"
+        "        failure_threshold: 1\n"
+    )
+
+
+def test_degrade_restores_its_flags_when_the_incident_resolves(tmp_path: Path) -> None:
+    flags = tmp_path / "state" / "agent-flags" / "agents.json"
+    flags.parent.mkdir(parents=True, mode=0o700)
+    original = {"use_local_model": False, "temperature": 0.2}
+    flags.write_text(json.dumps(original))
+    down = tmp_path / "provider-down"
+    comps = probe_only("chat", [sys.executable, "-c", CHAT_PROBE, str(flags), str(down)])
+    cfg = write_config(tmp_path, comps, DEGRADE.format(flags=flags))
+    with running_daemon(cfg) as d:
+        wait_for(lambda: events(d.state_dir, "component.recovered", "chat"), what="chat healthy")
+        down.touch()
+        wait_for(lambda: events(d.state_dir, "step.succeeded", "chat"), timeout=20, what="the degrade")
+        degraded = json.loads(flags.read_text())
+        assert degraded == {"use_local_model": True, "web_browsing": False, "temperature": 0.2}
+        down.unlink()  # the provider is back
+        restored = wait_for(lambda: events(d.state_dir, "flags.restored", "chat"), timeout=20, what="restore")
+        # Exactly the values it replaced; the flag it added is gone again.
+        assert json.loads(flags.read_text()) == original
+        resolved = events(d.state_dir, "incident.resolved", "chat")[0]
+        r = restored[0]
+        assert r["incident"] == resolved["incident"] and r["position"] > resolved["position"]
+        assert r["data"]["restored"] == {"use_local_model": False}
+        assert r["data"]["removed"] == ["web_browsing"]
+        assert r["data"]["where"] == str(flags)
+    # A restart finds the restore recorded: it is not done twice.
+    with running_daemon(cfg) as d2:
+        wait_for(lambda: events(d2.state_dir, "component.recovered", "chat")[1:], what="chat healthy again")
+        assert len(events(d2.state_dir, "flags.restored")) == 1
+    assert "flags restored at" in healer_log(cfg)
+
+
+# -- swap_model: atomic link move with its lineage ----------------------------------------------------
+SWAP = """\
+version: 1
+policies:
+  - name: model-rollback
+    match: {{components: [summarizer], failures: [unhealthy]}}
+    steps:
+      - strategy: swap_model
+        link: {link}
+        max_attempts: 1
+        verify: {{timeout: 10s, stable_for: 0.3s}}
+      - strategy: escalate
+"""
+
+# v42 regressed: the summarizer is unhealthy while `current` points at it.
+MODEL_PROBE = "import os, sys; sys.exit(1 if os.readlink(sys.argv[1]) == 'v42' else 0)"
+
+
+def test_swap_model_moves_current_back_and_records_the_lineage(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    for v in ("v41", "v42"):
+        (models / v).mkdir(parents=True)
+    (models / "current").symlink_to("v42")
+    (models / "previous").symlink_to("v41")
+    link = models / "current"
+    comps = probe_only("summarizer", [sys.executable, "-c", MODEL_PROBE, str(link)])
+    extra = f"execute:\n  allowed_roots: [{models}]\n"
+    cfg = write_config(tmp_path, comps, SWAP.format(link=link), extra)
+    with running_daemon(cfg) as d:
+        swapped = wait_for(lambda: events(d.state_dir, "model.swapped"), timeout=20, what="the swap")
+        wait_for(lambda: events(d.state_dir, "incident.resolved", "summarizer"), timeout=20, what="resolve")
+        assert os.readlink(link) == "v41" and os.readlink(models / "previous") == "v42"
+        data = swapped[0]["data"]
+        assert (data["link"], data["from"], data["to"]) == (str(link), "v42", "v41")
+        assert data["why"]["incident"] == swapped[0]["incident"] == 1
+        assert data["why"]["failure_class"] == "unhealthy" and data["why"]["policy"] == "model-rollback"
+    import subprocess
+
+    pm = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "healer", "postmortem", "1", "--format", "json", "--config", str(cfg)],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout
+    )  # fmt: skip
+    assert pm["model_lineage"][0]["from"] == "v42" and pm["model_lineage"][0]["to"] == "v41"
+    md = subprocess.run(
+        [sys.executable, "-m", "healer", "postmortem", "1", "--config", str(cfg)],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+    assert "Model lineage:" in md and "v42 → v41" in md

@@ -19,6 +19,7 @@ import difflib
 import fnmatch
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -268,7 +269,10 @@ class Step(_Strict):
     flags: dict[str, Any] | None = Field(default=None, description="degrade: feature flags to set")
     # swap_model
     link: str | None = Field(default=None, description="swap_model: the symlink to repoint")
-    target: str | None = Field(default=None, description="swap_model: the version it points to")
+    target: str | None = Field(
+        default=None,
+        description="swap_model: the version it points to (default: the previous one)",
+    )
     restart: bool = Field(default=False, description="swap_model: restart the process after the swap")
     # escalate
     message: str | None = Field(default=None, description="escalate: what the human should know")
@@ -500,8 +504,16 @@ def expand_step(step: Step) -> list[dict[str, Any]]:
     if kind == "degrade":
         return [act("feature_flag", "set", {"flags": dict(step.flags or {}), **p})]
     if kind == "swap_model":
-        out = [act("symlink_swap", "swap", {"link": step.link, "target": step.target, **p})]
-        return out + ([act("process", "restart")] if step.restart else [])
+        # symlink_swap works on ROOT/LINK with versions beside it: `link` names the link by its
+        # path, `target` a version (a name, or a path beside the link); no target: back to the
+        # version the link named before (the `previous` link).
+        root, name = os.path.split(str(step.link or ""))
+        where = {"root": root, "link": name}
+        if step.target:
+            swap = act("symlink_swap", "swap", {**where, "to": os.path.basename(step.target), **p})
+        else:
+            swap = act("symlink_swap", "rollback", {**where, **p})
+        return [swap, *([act("process", "restart")] if step.restart else [])]
     if kind == "compensate":
         return [spec(a) for a in step.actions or []]
     if kind == "escalate":
@@ -644,12 +656,26 @@ class _Checker:
             needs = {
                 "failover": ("standby",),
                 "degrade": ("flags",),
-                "swap_model": ("link", "target"),
+                "swap_model": ("link",),
                 "compensate": ("actions",),
             }.get(kind, ())
             for key in needs:
                 if getattr(s, key) in (None, [], {}):
                     self.add((*loc, key), f"strategy {kind!r} needs `{key}`")
+            if kind == "swap_model" and s.link and not os.path.isabs(s.link):
+                self.add((*loc, "link"), f"link must be an absolute path, got {s.link!r}")
+            if (
+                kind == "swap_model"
+                and s.link
+                and s.target
+                and "/" in s.target
+                and os.path.dirname(s.target.rstrip("/")) != os.path.dirname(s.link)
+            ):
+                self.add(
+                    (*loc, "target"),
+                    f"target must be a version beside the link (in {os.path.dirname(s.link)}), "
+                    f"got {s.target!r}",
+                )
             if kind == "rollback" and not _CHECKPOINT_TARGET.match(s.checkpoint):
                 self.add(
                     (*loc, "checkpoint"),
