@@ -15,8 +15,12 @@ from healer.dr.store import Checkpoint, CheckpointStore
 from healer.knowledge.events import EventType as T
 from healer.knowledge.events import RecordedEvent
 from healer.knowledge.projections import FleetState
+from tests.broker import Broker
 from tests.helpers import events, running_daemon, wait_for, write_config
-from tests.test_dr_e2e import AGENT, component
+from tests.ledger import Ledger
+from tests.test_dr_e2e import AGENT, booking, component
+
+__all__ = ["booking"]  # the booking-service fixture, shared with test_dr_e2e
 
 APPROVAL_ROLLBACK = """\
 version: 1
@@ -290,3 +294,84 @@ def test_swap_model_moves_current_back_and_records_the_lineage(tmp_path: Path) -
         capture_output=True, text=True, check=True, timeout=30,
     ).stdout  # fmt: skip
     assert "Model lineage:" in md and "v42 → v41" in md
+
+
+# -- rollback halting the agent by an MQTT pause -------------------------------------------------------
+PAUSE_ROLLBACK = """\
+version: 1
+policies:
+  - name: dr-rollback-paused
+    match: {{components: [booker], failures: [unhealthy, crash, hang]}}
+    steps:
+      - strategy: rollback
+        halt: pause
+        checkpoint: label:cp3
+        params: {{timeout: {timeout}, fallback: stop}}
+        verify: {{timeout: 10s, stable_for: 0.3s}}
+      - strategy: escalate
+"""
+
+MQTT_AGENT = str(Path(__file__).resolve().parent / "dr_mqtt_agent.py")
+
+
+def mqtt_booker(tmp: Path, booking: Ledger, port: int, *extra: str) -> str:
+    sick = tmp / "sick"
+    argv = [
+        sys.executable, MQTT_AGENT, "--name", "booker", "--state-dir", str(tmp / "state"),
+        "--booking", booking.base, "--mqtt-port", str(port), "--sick-file", str(sick),
+        "--acts-file", str(tmp / "acts.log"), "--resumed-file", str(tmp / "resumed.json"), *extra,
+    ]  # fmt: skip
+    return (
+        "  booker:\n"
+        f"    command:\n      argv: {json.dumps(argv)}\n      stop_timeout: 2s\n"
+        "    probes:\n"
+        "      - type: process\n"
+        "      - type: exec\n"
+        f'        argv: ["test", "!", "-e", "{sick}"]\n'
+        "        interval: 0.2s\n"
+        "        failure_threshold: 1\n"
+    )
+
+
+def test_rollback_pauses_the_agent_over_mqtt_and_waits_for_its_ack(
+    tmp_path: Path, booking: Ledger, broker: Broker
+) -> None:
+    comps = mqtt_booker(tmp_path, booking, broker.port, "--pause-delay", "0.3")
+    extra = f"execute:\n  mqtt_port: {broker.port}\n"
+    cfg = write_config(tmp_path, comps, PAUSE_ROLLBACK.format(timeout="5s"), extra)
+    with running_daemon(cfg) as d:
+        wait_for(lambda: events(d.state_dir, "incident.resolved", "booker"), timeout=40, what="the rollback")
+        saga = [(e["data"]["actuator"], e["data"]["action"]) for e in events(d.state_dir, "step.succeeded")]
+        assert saga == [("dr", "pause"), ("dr", "restore"), ("dr", "compensate"), ("dr", "resume")]
+        paused = events(d.state_dir, "agent.paused")
+        assert len(paused) == 1 and paused[0]["data"]["agent"] == "booker"
+        assert paused[0]["data"]["waited_s"] >= 0.3  # the ack came once the agent reached a safe point
+        pause = next(e for e in events(d.state_dir, "step.succeeded") if e["data"]["action"] == "pause")
+        restore = next(e for e in events(d.state_dir, "step.succeeded") if e["data"]["action"] == "restore")
+        assert pause["data"]["result"]["paused"] is True and pause["position"] < restore["position"]
+        # The paused agent acted no more until healer restarted it from checkpoint 3.
+        lines = [ln.split() for ln in (tmp_path / "acts.log").read_text().splitlines()]
+        first_pid = lines[0][1]
+        mine = [ln for ln in lines if ln[1] == first_pid]
+        at = next(i for i, ln in enumerate(mine) if ln[0] == "paused")
+        assert all(ln[0] != "acted" for ln in mine[at + 1 :])
+        assert json.loads((tmp_path / "resumed.json").read_text())["seq"] == 3
+        assert [name for op, name in booking.effects("undo")] == ["order-C", "order-B", "order-A"]
+        assert any(ln[1] != first_pid and ln[0] == "acted" for ln in lines), "the restarted agent acts"
+
+
+def test_pause_without_an_acknowledgement_falls_back_to_stopping_the_agent(
+    tmp_path: Path, booking: Ledger, broker: Broker
+) -> None:
+    comps = mqtt_booker(tmp_path, booking, broker.port, "--no-mqtt")
+    extra = f"execute:\n  mqtt_port: {broker.port}\n"
+    cfg = write_config(tmp_path, comps, PAUSE_ROLLBACK.format(timeout="0.5s"), extra)
+    with running_daemon(cfg) as d:
+        wait_for(lambda: events(d.state_dir, "incident.resolved", "booker"), timeout=40, what="the rollback")
+        pause = next(e for e in events(d.state_dir, "step.succeeded") if e["data"]["action"] == "pause")
+        res = pause["data"]["result"]
+        assert res["paused"] is False and res["fallback"] == "stopped"
+        assert "no acknowledgement within 0.5s" in res["why"]
+        assert events(d.state_dir, "agent.paused") == []
+        assert json.loads((tmp_path / "resumed.json").read_text())["seq"] == 3
+        assert [name for op, name in booking.effects("undo")] == ["order-C", "order-B", "order-A"]

@@ -259,6 +259,11 @@ class Step(_Strict):
     compensations: list[ActionSpec] = Field(
         default_factory=list, description="rollback: compensating actions run after the restore"
     )
+    halt: Literal["stop", "pause"] = Field(
+        default="stop",
+        description="rollback: halt the agent by stopping it, or by asking it to pause over MQTT "
+        "(dr.pause: waits for its acknowledgement, then falls back to stopping it)",
+    )
     # failover
     standby: str | None = Field(default=None, description="failover: the standby component to promote")
     promote: ActionSpec | None = Field(
@@ -460,6 +465,9 @@ class PolicySet:
 EMPTY = PolicySet((), {})
 
 
+_PAUSE_KEYS = frozenset({"timeout", "fallback", "prefix", "host", "port"})
+
+
 # -- strategies -> actions -------------------------------------------------------------------------
 def expand_step(step: Step) -> list[dict[str, Any]]:
     """The saga of actions a step runs, in order: ``{"actuator", "action", "params", "timeout"}``.
@@ -488,12 +496,23 @@ def expand_step(step: Step) -> list[dict[str, Any]]:
     if kind == "rollback":
         # healer.dr: halt, restore (verified, never before a pivot), undo the ledger's effects
         # after it (exactly once), any extra compensations, restart; verify follows as for any step.
+        agent = {k: v for k, v in p.items() if k == "agent"}
+        if step.halt == "pause":
+            # Pause params (timeout, fallback, prefix, host, port) come from `params` too.
+            mqtt = {k: v for k, v in p.items() if k in _PAUSE_KEYS}
+            halt, resume = act("dr", "pause", {**agent, **mqtt}), act("dr", "resume", {**agent, **mqtt})
+        else:
+            halt, resume = act("process", "stop"), act("process", "start")
         return [
-            act("process", "stop"),
-            act("dr", "restore", {"checkpoint": step.checkpoint, **p}),
-            act("dr", "compensate", {k: v for k, v in p.items() if k == "agent"}),
+            halt,
+            act(
+                "dr",
+                "restore",
+                {"checkpoint": step.checkpoint, **{k: v for k, v in p.items() if k not in _PAUSE_KEYS}},
+            ),
+            act("dr", "compensate", agent),
             *(spec(a) for a in step.compensations),
-            act("process", "start"),
+            resume,
         ]
     if kind == "failover":
         # The dr actuator fences by token, hands the standby the latest good checkpoint, starts it.
