@@ -221,6 +221,13 @@ class AnalysisConfig(_Strict):
     settle_time: Duration = 5.0
 
 
+class DrConfig(_Strict):
+    # Retention: the newest N checkpoints per agent stay (plus HEAD and whatever an open incident
+    # or a pending approval still refers to); the rest are removed, each one an event.
+    keep_checkpoints: int = Field(default=10, ge=1, le=100_000)
+    retention_interval: Duration = 60.0
+
+
 def check_loopback(value: Any) -> Any:
     """The metrics endpoint has no authentication: it may only listen on a loopback address."""
     import ipaddress
@@ -263,6 +270,7 @@ class HealerConfig(BaseSettings):
     mqtt: MqttConfig | None = None  # telemetry (heartbeats, last wills, breakers); off when absent
     analysis: AnalysisConfig = AnalysisConfig()
     metrics: MetricsConfig = MetricsConfig()
+    dr: DrConfig = DrConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -25,7 +25,10 @@ from healer.analyze.taxonomy import Taxonomy, load_taxonomy
 from healer.clock import Clock, SystemClock
 from healer.config import HealerConfig
 from healer.control import DaemonControl
+from healer.dr.aftercare import Aftercare, lineage_event
 from healer.dr.objectives import objectives_event
+from healer.dr.retention import Retention
+from healer.dr.store import CheckpointStore
 from healer.errors import HealerError, PolicyError, StoreError
 from healer.execute.actuators import ActuatorServices
 from healer.execute.executor import Executor
@@ -151,6 +154,7 @@ class Daemon:
             commands = {n: c.command for n, c in cfg.components.items() if c.command is not None}
             decider = decider_for(cfg, policies, self.taxonomy)  # the same one replay builds
             executor: Executor | None = None
+            aftercare: Aftercare | None = None
             link: MqttLink | None = None
             metrics = self._start_metrics(state)
 
@@ -174,6 +178,12 @@ class Daemon:
                     measured = objectives_event(state, rec, cfg, self.clock.wall())
                     if measured is not None:
                         loop.submit(measured)
+                    if aftercare is not None:
+                        aftercare.incident_resolved(rec.incident)
+                elif rec.type == T.STEP_SUCCEEDED:
+                    lineage = lineage_event(state, rec, self.clock.wall())
+                    if lineage is not None:
+                        loop.submit(lineage)
                 if self._on_event is not None:
                     self._on_event(rec)
 
@@ -189,11 +199,7 @@ class Daemon:
                 # ...and plans recorded before the failure whose intent could not be are dispatched again.
                 for inc in state.incidents.values():
                     key = (inc.plan or {}).get("idempotency_key")
-                    if (
-                        inc.phase == "planned"
-                        and inc.plan is not None
-                        and not executor.dispatched(str(key))
-                    ):
+                    if inc.phase == "planned" and inc.plan is not None and not executor.dispatched(str(key)):
                         executor.dispatch(
                             RecordedEvent(
                                 state.position,
@@ -228,10 +234,18 @@ class Daemon:
                 link = MqttLink.from_config(cfg, loop.submit, self.clock)
             telemetry = link.book if link is not None else None
             monitor = Monitor(cfg, registry, supervisor, loop.submit, self.clock, http, telemetry)
-            services = ActuatorServices(supervisor, cfg.state_dir, cfg.execute, http, emit=loop.submit)
+            services = ActuatorServices(
+                supervisor,
+                cfg.state_dir,
+                cfg.execute,
+                http,
+                emit=loop.submit,
+                incident_opened_at=lambda i: inc.opened_at if (inc := state.incidents.get(i)) else None,
+            )
             actuators = ActuatorRegistry.discover(services)
             executor = Executor(actuators, loop.record, self.clock, submit=loop.submit, settings=cfg.execute)
             executor.breakers.restore(state.actuator_breakers)
+            aftercare = Aftercare(state, actuators.get, loop.submit)
 
             async with asyncio.TaskGroup() as tg:
                 loop_task = tg.create_task(loop.run(), name="control-loop")
@@ -250,6 +264,7 @@ class Daemon:
                 await loop.record(Event(T.POLICIES_LOADED, self.clock.wall(), data=_policies_data(policies)))
                 await loop.record(Event(T.ACTUATORS_LOADED, self.clock.wall(), data=actuators.summary()))
                 await self._recover(state, supervisor, loop, executor)
+                aftercare.incident_resolved()  # flags a previous run resolved but did not restore
                 control = DaemonControl(self, loop, state, self.clock, cfg.components)
                 await control.start(cfg.state_dir, cfg.control_group)
                 wake = next_wakeup(state)
@@ -262,6 +277,14 @@ class Daemon:
                 ]
                 if link is not None:
                     aux.append(tg.create_task(link.run(), name="mqtt"))
+                retention = Retention(
+                    CheckpointStore.in_state_dir(cfg.state_dir),
+                    state,
+                    loop.submit,
+                    cfg.dr.keep_checkpoints,
+                    cfg.dr.retention_interval,
+                )
+                aux.append(tg.create_task(retention.run(self.clock.sleep), name="checkpoint-retention"))
                 # What start-up built (config, models, probes) lives as long as the daemon: keep it
                 # out of every full GC pass, which otherwise stalls the loop ~0.1 s on big fleets.
                 gc.collect()
@@ -281,6 +304,7 @@ class Daemon:
                 log.info("stopping: letting in-flight actions finish (up to %ss)", cfg.shutdown_timeout)
                 monitor_task.cancel()
                 await executor.drain(cfg.shutdown_timeout)
+                await aftercare.drain()
                 if cfg.stop_components_on_exit:
                     await supervisor.stop_all(grace_cap=cfg.shutdown_timeout)
                 if link is not None:  # publish what was recorded so far, then say offline

@@ -187,9 +187,39 @@ def describe(rec: RecordedEvent) -> str:
         return f"DRILL {d.get('drill')} {d.get('name')!r} {str(d.get('verdict')).upper()}" + (
             f": {why}" if why else ""
         )
+    dr = _describe_dr(rec, who, inc)
+    if dr is not None:
+        return dr
     # Event types without a case of their own still say what they carry.
     summary = _data_summary(d)
     return f"{inc}{who}: {t}" + (f" ({summary})" if summary else "")
+
+
+def _describe_dr(rec: RecordedEvent, who: str, inc: str) -> str | None:
+    d = rec.data
+    t = rec.type
+    cp = f"{d.get('agent')}#{d.get('seq')}" + (f" ({d['label']})" if d.get("label") else "")
+    if t == T.CHECKPOINT_REMOVED:
+        return f"{who}: checkpoint {cp} removed by retention: {d.get('reason')}"
+    if t == T.CHECKPOINT_CORRUPTED:
+        return f"{inc}{who}: checkpoint {cp} CORRUPT: {d.get('reason')}"
+    if t == T.CHECKPOINT_RESTORED:
+        return f"{inc}{who}: checkpoint {cp} restored"
+    if t == T.EFFECT_COMPENSATED:
+        return f"{inc}{who}: undid {d.get('effect')} ({d.get('what')}), key {d.get('idempotency_key')}"
+    if t == T.FAILOVER_FENCED:
+        return f"{inc}{who}: role {d.get('role')} fenced: token {d.get('token')} -> {d.get('holder')}"
+    if t == T.FLAGS_RESTORED:
+        return f"{inc}{who}: flags restored at {d.get('where')}: {d.get('restored')}"
+    if t == T.MODEL_SWAPPED:
+        why = d.get("why") or {}
+        return (
+            f"{inc}{who}: model {d.get('link')} {d.get('from')} -> {d.get('to')} "
+            f"(because {why.get('failure_class')} on {why.get('component')})"
+        )
+    if t == T.AGENT_PAUSED:
+        return f"{inc}{who}: agent {d.get('agent')} paused (acknowledged in {d.get('waited_s', 0):.2f}s)"
+    return None
 
 
 def _data_summary(d: Any, limit: int = 120) -> str:

@@ -1,11 +1,13 @@
 """A real agent process using healer.agent.state: ``python -m tests.dr_agent --name A --state-dir S ...``.
 
-Fresh (no checkpoint): saves checkpoints 1..5 (state ``{"step": i}``, labels ``cpI``); right after
-checkpoint 3 it books orders A, B, C through the booking service (tests/ledger.py; each booking a
+Fresh (no checkpoint): saves checkpoints 1..5 (``--checkpoints N``: 1..N; state ``{"step": i}``, labels ``cpI``); right after
+checkpoint 3 it books orders A, B, C through the booking service (if ``--booking`` is given) (tests/ledger.py; each booking a
 compensatable effect whose compensation is ``POST /undo/order-X``) and makes one read-only
 quote; ``--pivot-after N`` records a pivot (a captured payment) after checkpoint N,
 ``--book-after5`` books order D after checkpoint 5. Then it waits for ``--go`` (if given) and
-exits 3: "my memory is corrupt".
+exits 3: "my memory is corrupt". ``--sick-file F --after-sick K``: instead, it creates F
+(an exec probe fails on it), saves K more checkpoints (the first 0.8 s later) and runs on; a
+resumed agent removes F.
 
 Resumed (a checkpoint to load): writes what it loaded to ``--resumed-file`` and runs until
 SIGTERM. ``--role R --act-every S``: instead, it tries a fenced action every S seconds and logs
@@ -48,6 +50,9 @@ def main() -> int:
     ap.add_argument("--go", type=Path, default=None)
     ap.add_argument("--pivot-after", type=int, default=None)
     ap.add_argument("--book-after5", action="store_true")
+    ap.add_argument("--checkpoints", type=int, default=5)
+    ap.add_argument("--sick-file", type=Path, default=None)
+    ap.add_argument("--after-sick", type=int, default=0)
     ap.add_argument("--resumed-file", type=Path, default=None)
     ap.add_argument("--role", default=None)
     ap.add_argument("--act-every", type=float, default=None)
@@ -83,13 +88,15 @@ def main() -> int:
         if args.resumed_file is not None:
             doc = {"seq": cp.seq, "state": json.loads(data), "skipped": st.skipped}
             args.resumed_file.write_text(json.dumps(doc))
+        if args.sick_file is not None:
+            args.sick_file.unlink(missing_ok=True)  # healthy again from the restored state
         while running:
             time.sleep(0.1)
         return 0
 
-    for i in range(1, 6):
+    for i in range(1, args.checkpoints + 1):
         st.save(json.dumps({"step": i}).encode(), label=f"cp{i}")
-        if i == 3:
+        if i == 3 and args.booking:
             for o in ("A", "B", "C"):
                 name = f"order-{o}"
                 with st.effect(f"book-{o}", f"book {name}", compensation=undo(args.booking, name)):
@@ -102,6 +109,17 @@ def main() -> int:
         if i == 5 and args.book_after5:
             with st.effect("book-D", "book order-D", compensation=undo(args.booking, "order-D")):
                 post(f"{args.booking}/apply/order-D", "book-D")
+    if args.sick_file is not None:
+        # Unhealthy but alive: healer sees it through a probe, while the agent keeps saving
+        # (checkpoints made after the incident opened: "before-incident" must pass them over).
+        args.sick_file.touch()
+        for j in range(args.after_sick):
+            time.sleep(0.8 if j == 0 else 0.2)
+            i = args.checkpoints + j + 1
+            st.save(json.dumps({"step": i, "sick": True}).encode(), label=f"cp{i}")
+        while running:
+            time.sleep(0.1)
+        return 0
     if args.go is not None:
         while not args.go.exists() and running:
             time.sleep(0.05)

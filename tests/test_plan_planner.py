@@ -77,7 +77,7 @@ def test_every_strategy_expands_to_its_saga(tmp_path: Path) -> None:
               - {strategy: restart}
               - {strategy: restart, via: systemd, unit: agent.service}
               - strategy: rollback
-                checkpoint: ckpt-42
+                checkpoint: label:ckpt-42
                 compensations: [{actuator: http, action: request, params: {url: "http://127.0.0.1:1/undo"}}]
               - strategy: failover
                 standby: db-b
@@ -107,7 +107,7 @@ def test_every_strategy_expands_to_its_saga(tmp_path: Path) -> None:
     assert calls(1) == [("systemd", "restart", {"unit": "agent.service"})]
     assert calls(2) == [
         ("process", "stop", {}),
-        ("dr", "restore", {"checkpoint": "ckpt-42"}),
+        ("dr", "restore", {"checkpoint": "label:ckpt-42"}),
         ("dr", "compensate", {}),
         ("http", "request", {"url": "http://127.0.0.1:1/undo"}),
         ("process", "start", {}),
@@ -121,7 +121,7 @@ def test_every_strategy_expands_to_its_saga(tmp_path: Path) -> None:
         ("feature_flag", "set", {"flags": {"use_small_model": True}, "file": "/tmp/flags.json"})
     ]
     assert calls(6) == [
-        ("symlink_swap", "swap", {"link": "/srv/model/current", "target": "/srv/model/v41"}),
+        ("symlink_swap", "swap", {"root": "/srv/model", "link": "current", "to": "v41"}),
         ("process", "restart", {}),
     ]
     assert calls(7) == [("mqtt_publish", "publish", {"topic": "t"})]

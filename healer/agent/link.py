@@ -11,6 +11,10 @@ last will, so the broker tells healer the moment the process dies or its link br
 heart-beats every ``heartbeat_interval``; breaker transitions and reports go through a
 bounded outbox that survives broker outages (oldest dropped first, counted in ``dropped``).
 It reconnects by itself with jittered backoff: aiomqtt 2.x never does.
+
+healer's rollback may ask the agent to **pause** (``P/control/A``): ``on_pause`` runs until the
+agent is at a safe point, then the link acknowledges; while :attr:`paused` the agent must not
+act. ``resume`` (with ``reload``: read the restored checkpoint back) runs ``on_resume``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import os
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
@@ -52,6 +57,8 @@ class AgentLink:
         reconnect_min: float = 0.1,
         reconnect_max: float = 5.0,
         connect_timeout: float = 5.0,
+        on_pause: Callable[[], Any] | None = None,
+        on_resume: Callable[[bool], Any] | None = None,
     ) -> None:
         if not protocol.ID_RE.match(agent):
             raise ValueError(f"invalid agent id {agent!r}: use 1-64 letters, digits, '.', '_' or '-'")
@@ -78,6 +85,14 @@ class AgentLink:
         self._client: aiomqtt.Client | None = None
         self._seq = 0
         self._down_since: float | None = None
+        # Pause requests (healer's rollback halting the agent without killing it): on_pause runs
+        # (sync or async) until the agent is at a safe point; only then is the pause acknowledged.
+        self.on_pause = on_pause
+        self.on_resume = on_resume
+        self._paused = asyncio.Event()
+        self._unpaused = asyncio.Event()
+        self._unpaused.set()
+        self._control_tasks: set[asyncio.Task[None]] = set()
 
     # -- topics ------------------------------------------------------------------------------
     def topic(self, kind: str) -> str:
@@ -119,6 +134,51 @@ class AgentLink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+    # -- pause / resume (healer.dr) -----------------------------------------------------------
+    @property
+    def paused(self) -> bool:
+        """True between an acknowledged pause and the next resume: take no action meanwhile."""
+        return self._paused.is_set()
+
+    async def wait_unpaused(self) -> None:
+        await self._unpaused.wait()
+
+    def _control(self, raw: bytes) -> None:
+        req = protocol.parse_control(raw)
+        if req is None:
+            log.warning("agent %s: ignoring a malformed control request", self.agent)
+            return
+        task = asyncio.get_running_loop().create_task(self._obey(req), name=f"control-{req['cmd']}")
+        self._control_tasks.add(task)
+        task.add_done_callback(self._control_tasks.discard)
+
+    async def _obey(self, req: dict[str, Any]) -> None:
+        ack = self.topic_control_ack()
+        try:
+            if req["cmd"] == "pause":
+                self._unpaused.clear()
+                self._paused.set()
+                if self.on_pause is not None:
+                    done = self.on_pause()
+                    if asyncio.iscoroutine(done):
+                        await done
+                state = "paused"
+            else:
+                if self.on_resume is not None:
+                    done = self.on_resume(bool(req["reload"]))
+                    if asyncio.iscoroutine(done):
+                        await done
+                self._paused.clear()
+                self._unpaused.set()
+                state = "resumed"
+            self._send(ack, protocol.ack_payload(req["id"], state), qos=1)
+        except Exception as exc:  # the agent's own handler failed: healer must hear it, not wait
+            log.error("agent %s: %s handler failed: %s", self.agent, req["cmd"], exc)
+            self._send(ack, protocol.ack_payload(req["id"], "error", f"{type(exc).__name__}: {exc}"), qos=1)
+
+    def topic_control_ack(self) -> str:
+        return protocol.control_ack_topic(self.prefix, self.agent)
 
     # -- what agents call --------------------------------------------------------------------
     def report(self, kind: str, value: Any = None, detail: str | None = None) -> None:
@@ -218,6 +278,7 @@ class AgentLink:
                     qos=1,
                     retain=True,
                 )
+            await client.subscribe(protocol.control_topic(self.prefix, self.agent), qos=1)
             self._client = client
             self._connected.set()
             if self._down_since is not None:
@@ -255,9 +316,11 @@ class AgentLink:
                 self._drained.set()
 
     async def _until_disconnected(self, client: aiomqtt.Client) -> None:
-        # Nothing is subscribed: the iterator only ends, with MqttError, when the link drops.
-        async for _ in client.messages:
-            pass
+        # Only the control topic is subscribed; the iterator ends, with MqttError, when the link drops.
+        control = protocol.control_topic(self.prefix, self.agent)
+        async for msg in client.messages:
+            if msg.topic.value == control and isinstance(msg.payload, bytes | bytearray):
+                self._control(bytes(msg.payload))
 
 
 class BreakerTelemetry:

@@ -10,6 +10,8 @@ Topics (``P`` is the configured prefix, ``healer`` by default; ``A`` an agent id
     P/agents/A/heartbeat   QoS 0: {"ts": ..., "seq": ...} every interval
     P/agents/A/breaker     QoS 1: a circuit breaker changed state
     P/agents/A/report      QoS 1: a signal the agent reports (state corruption, model quality, ...)
+    P/control/A            QoS 1, healer -> agent: {"cmd": "pause" | "resume", "id", "reload"}
+    P/control/A/ack        QoS 1, agent -> healer: {"id", "state": "paused" | "resumed" | "error"}
     P/healer/C/status      retained: the daemon's own online/offline status (C: its client id)
     P/healer/C/events/T    QoS 1: every event the daemon records, T its type
 """
@@ -39,6 +41,44 @@ def agent_topic(prefix: str, agent: str, kind: str) -> str:
 def agents_filter(prefix: str) -> str:
     """What the daemon subscribes to: everything agents publish (unknown topics are counted)."""
     return f"{prefix}/agents/#"
+
+
+def control_topic(prefix: str, agent: str) -> str:
+    """Requests from healer to one agent (outside ``P/agents/#``: agents publish there)."""
+    return f"{prefix}/control/{agent}"
+
+
+def control_ack_topic(prefix: str, agent: str) -> str:
+    return f"{prefix}/control/{agent}/ack"
+
+
+CONTROL_CMDS: Final = ("pause", "resume")
+REQUEST_ID_RE: Final = re.compile(r"^[A-Za-z0-9_.:/@-]{1,200}$")
+
+
+def control_payload(cmd: str, request_id: str, *, reload: bool = False) -> bytes:
+    return encode({"cmd": cmd, "id": request_id, "reload": reload, "ts": time.time()})
+
+
+def parse_control(raw: bytes) -> dict[str, Any] | None:
+    """A control request, validated; None for anything malformed (it is ignored, not obeyed)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("cmd") not in CONTROL_CMDS:
+        return None
+    rid = doc.get("id")
+    if not isinstance(rid, str) or not REQUEST_ID_RE.match(rid):
+        return None
+    return {"cmd": doc["cmd"], "id": rid, "reload": doc.get("reload") is True}
+
+
+def ack_payload(request_id: str, state: str, detail: str | None = None) -> bytes:
+    body: dict[str, Any] = {"id": request_id, "state": state, "ts": time.time()}
+    if detail is not None:
+        body["detail"] = detail[:500]
+    return encode(body)
 
 
 def healer_status_topic(prefix: str, client_id: str) -> str:

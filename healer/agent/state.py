@@ -81,6 +81,28 @@ class AgentState:
     def save(self, data: bytes, label: str | None = None) -> Checkpoint:
         return self.store.save(self.agent, data, label=label, schema=self.schema)
 
+    def save_file(self, path: str | Path, label: str | None = None) -> Checkpoint:
+        """A checkpoint of the state file at ``path`` (copied in the kernel, then hashed)."""
+        return self.store.save_file(self.agent, Path(path), label=label, schema=self.schema)
+
+    def load_into(self, path: str | Path) -> Checkpoint | None:
+        """Like :meth:`load`, restoring into the file ``path`` (atomically replaced) instead of
+        memory: the copy is re-hashed before it replaces ``path``. ``validator`` is not used."""
+        head = self.store.head(self.agent)
+        cps = [c for c in self.store.list(self.agent) if head is None or c.seq <= head]
+        for cp in reversed(cps):
+            try:
+                self.store.export(cp, Path(path))
+            except CorruptCheckpoint as exc:
+                if self.store.corrupt_reason(cp) is None:
+                    self.store.mark_corrupt(cp, exc.reason)
+                self.skipped.append((cp.seq, exc.reason))
+                continue
+            if cp.seq != head:
+                self.store.set_head(self.agent, cp)
+            return cp
+        return None
+
     def load(self) -> tuple[Checkpoint, bytes] | None:
         """The checkpoint to resume from: HEAD (where a rollback put it), re-hashed and validated;
         a corrupt one is marked and the previous good one is used (and becomes HEAD)."""

@@ -1,6 +1,7 @@
 """``dr``: the disaster-recovery actuator behind the ``rollback`` and ``failover`` strategies.
 
-- ``restore {checkpoint, agent}``: pick the checkpoint (``latest``, ``seq:N``, ``label:NAME``), never
+- ``restore {checkpoint, agent}``: pick the checkpoint (``latest``, ``before-incident``, ``seq:N``,
+  ``label:NAME``), never
   at or before the checkpoint the agent's latest pivot happened after; re-hash and validate it;
   a corrupt one is marked, reported (``checkpoint.corrupted`` and an ``agent.reported``
   ``state_corruption`` observation) and the previous good one used. The choice is made in
@@ -18,16 +19,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import os
+import re
 import time
 from collections.abc import Mapping
 from importlib.metadata import entry_points
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import field_validator
+import aiomqtt
+from pydantic import Field, field_validator
 
+from healer.agent import protocol
 from healer.agent.state import fence_path, read_fence
+from healer.config import Duration
 from healer.dr import ledger as L
+from healer.dr.retention import BEFORE_INCIDENT
 from healer.dr.store import Checkpoint, CheckpointError, CheckpointStore, CorruptCheckpoint
 from healer.errors import ActuatorError
 from healer.execute.actuators import ActionContext, Actuator
@@ -37,6 +46,8 @@ from healer.execute.safety import check_templates, render, safe_name, template_v
 from healer.fsutil import atomic_write
 from healer.knowledge.events import Event
 from healer.knowledge.events import EventType as T
+
+log = logging.getLogger(__name__)
 
 
 class _Restore(Params):
@@ -61,10 +72,43 @@ class _Promote(Params):
     start: bool = True
 
 
+class _Pause(Params):
+    agent: str = "{component}"
+    timeout: Duration = 5.0  # for the acknowledgement ("5s", or seconds)
+    fallback: Literal["stop", "fail"] = "stop"  # no acknowledgement in time: stop it, or fail
+    prefix: str = "healer"
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: float) -> float:
+        if not 0 < v <= 600:
+            raise ValueError(f"timeout must be within (0, 600] seconds, got {v}")
+        return v
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not _PREFIX_RE.match(v):
+            raise ValueError(f"invalid topic prefix {v!r}")
+        return v
+
+
+class _Resume(_Pause):
+    pass
+
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+
 def pick(
-    store: CheckpointStore, agent: str, target: str
+    store: CheckpointStore, agent: str, target: str, opened_at: float | None = None
 ) -> tuple[Checkpoint, list[dict[str, Any]], int | None]:
-    """The checkpoint to restore, the corrupt ones passed over, and the pivot floor."""
+    """The checkpoint to restore, the corrupt ones passed over, and the pivot floor.
+
+    ``before-incident``: the newest checkpoint created before ``opened_at`` (the incident's
+    detection: the last state saved while nobody knew anything was wrong)."""
     cps = store.list(agent)
     if not cps:
         raise ActuatorError(f"no checkpoint for {agent!r}")
@@ -79,8 +123,17 @@ def pick(
         if not named:
             raise ActuatorError(f"no checkpoint labelled {target[6:]!r} for {agent!r}")
         limit = max(named)
+    elif target == BEFORE_INCIDENT:
+        if opened_at is None:
+            raise ActuatorError("checkpoint before-incident: the incident's detection time is unknown")
+        before = [c.seq for c in cps if c.created_at < opened_at]
+        if not before:
+            raise ActuatorError(f"no checkpoint of {agent!r} was created before the incident opened")
+        limit = max(before)
     else:
-        raise ActuatorError(f"checkpoint target must be latest, seq:N or label:NAME, got {target!r}")
+        raise ActuatorError(
+            f"checkpoint target must be latest, before-incident, seq:N or label:NAME, got {target!r}"
+        )
     candidates = [c for c in cps if c.seq <= limit]
     if floor is not None:
         candidates = [c for c in candidates if c.seq > floor]
@@ -97,6 +150,19 @@ def pick(
     raise ActuatorError(f"no valid checkpoint for {agent!r} at or before {target}{why}")
 
 
+def _parse_ack(raw: bytes) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
+        return None
+    if doc.get("state") not in ("paused", "resumed", "error"):
+        return None
+    detail = doc.get("detail")
+    return {"id": doc["id"], "state": doc["state"], "detail": str(detail)[:500] if detail else None}
+
+
 class DrActuator(Base):
     name: ClassVar[str] = "dr"
     idempotent: ClassVar[bool] = True  # restore: same HEAD; compensate: journaled + keyed; promote: keyed
@@ -105,6 +171,8 @@ class DrActuator(Base):
         "restore": _Restore,
         "compensate": _Compensate,
         "promote": _Promote,
+        "pause": _Pause,
+        "resume": _Resume,
     }
     actions: ClassVar[frozenset[str]] = frozenset(PARAMS)
 
@@ -130,10 +198,15 @@ class DrActuator(Base):
     async def prepare(self, ctx: ActionContext) -> dict[str, Any]:
         p = self.parse(ctx.action, ctx.params)
         agent = self._agent(ctx, p.agent)
+        if ctx.action in ("pause", "resume"):
+            sup = self.services.supervisor
+            return {"agent": agent, "supervised": bool(sup is not None and sup.supervises(agent))}
         store = self.store()
         if ctx.action == "restore":
             target = render(p.checkpoint, template_values(ctx.component, ctx.incident, ctx.idempotency_key))
-            cp, skipped, floor = pick(store, agent, target)
+            lookup = self.services.incident_opened_at
+            opened = lookup(ctx.incident) if lookup is not None else None
+            cp, skipped, floor = pick(store, agent, target, opened)
             for s in skipped:
                 self._corrupt(ctx, agent, s)
             return {
@@ -145,6 +218,8 @@ class DrActuator(Base):
                 "head_before": store.head(agent),
                 "skipped_corrupt": skipped,
                 "pivot_floor": floor,
+                "target": target,
+                "incident_opened_at": opened,
             }
         if ctx.action == "compensate":
             head = store.head(agent) or 0
@@ -183,7 +258,96 @@ class DrActuator(Base):
             return self._restore(ctx, before)
         if ctx.action == "compensate":
             return await self._compensate_all(ctx, before)
+        if ctx.action == "pause":
+            return await self._pause(ctx, before)
+        if ctx.action == "resume":
+            return await self._resume(ctx, before)
         return await self._promote(ctx, before)
+
+    # -- halting over MQTT -------------------------------------------------------------------------
+    async def _ask(
+        self, ctx: ActionContext, p: _Pause, agent: str, cmd: str
+    ) -> tuple[dict[str, Any] | None, float]:
+        """Send ``cmd`` to the agent and wait for its acknowledgement; (None, waited) on timeout."""
+        s = self.services.settings
+        host, port = p.host or s.mqtt_host, p.port or s.mqtt_port
+        request = f"{ctx.idempotency_key}/{cmd}"
+        t0 = time.monotonic()
+        try:
+            async with aiomqtt.Client(
+                host, port, identifier=f"healer-dr-{os.getpid()}-{os.urandom(4).hex()}", keepalive=10
+            ) as client:
+                # Subscribed before asking: the acknowledgement cannot arrive unseen.
+                await client.subscribe(protocol.control_ack_topic(p.prefix, agent), qos=1)
+                await client.publish(
+                    protocol.control_topic(p.prefix, agent),
+                    protocol.control_payload(cmd, request, reload=cmd == "resume"),
+                    qos=1,
+                )
+                try:
+                    async with asyncio.timeout(p.timeout):
+                        async for msg in client.messages:
+                            raw = msg.payload
+                            if not isinstance(raw, bytes | bytearray):
+                                continue
+                            ack = _parse_ack(bytes(raw))
+                            if ack is not None and ack["id"] == request:
+                                return ack, time.monotonic() - t0
+                except TimeoutError:
+                    return None, time.monotonic() - t0
+        except aiomqtt.MqttError as exc:
+            log.warning("dr.%s %s: MQTT at %s:%s unreachable: %s", cmd, agent, host, port, exc)
+            return None, time.monotonic() - t0
+        return None, time.monotonic() - t0
+
+    async def _pause(self, ctx: ActionContext, before: Mapping[str, Any]) -> dict[str, Any]:
+        p: _Pause = self.parse(ctx.action, ctx.params)
+        agent = str(before["agent"])
+        ack, waited = await self._ask(ctx, p, agent, "pause")
+        if ack is not None and ack["state"] == "paused":
+            self._emit(
+                Event(
+                    T.AGENT_PAUSED,
+                    time.time(),
+                    ctx.component,
+                    ctx.incident,
+                    {"agent": agent, "waited_s": round(waited, 6), "request": f"{ctx.idempotency_key}/pause"},
+                )
+            )
+            return {**before, "paused": True, "waited_s": round(waited, 6)}
+        why = (
+            f"the agent could not pause: {ack.get('detail') or ack['state']}"
+            if ack is not None
+            else f"no acknowledgement within {p.timeout:g}s"
+        )
+        sup = self.services.supervisor
+        if p.fallback == "stop" and sup is not None and sup.supervises(agent):
+            async with sup.lock(agent):
+                stopped = await sup.stop(agent)
+            return {**before, "paused": False, "why": why, "fallback": "stopped", "stopped": stopped}
+        hint = "" if p.fallback == "fail" else f" and healer does not supervise {agent!r}, so cannot stop it"
+        raise ActuatorError(f"pause of {agent!r} failed: {why}{hint}; not rolling back a running agent")
+
+    async def _resume(self, ctx: ActionContext, before: Mapping[str, Any]) -> dict[str, Any]:
+        """Back to work from the restored state: a supervised agent is restarted (it reads the
+        checkpoint on start); another is asked over MQTT to resume and reload it."""
+        p: _Resume = self.parse(ctx.action, ctx.params)
+        agent = str(before["agent"])
+        sup = self.services.supervisor
+        if sup is not None and sup.supervises(agent):
+            async with sup.lock(agent):
+                if sup.pid(agent) is None:
+                    return {**before, "started": sup.start(agent, action_key=ctx.idempotency_key)}
+                return {**before, "restarted": await sup.restart(agent, action_key=ctx.idempotency_key)}
+        ack, waited = await self._ask(ctx, p, agent, "resume")
+        if ack is None or ack["state"] != "resumed":
+            why = (
+                f"no acknowledgement within {p.timeout:g}s"
+                if ack is None
+                else str(ack.get("detail") or ack["state"])
+            )
+            raise ActuatorError(f"resume of {agent!r} failed: {why}")
+        return {**before, "resumed": True, "waited_s": round(waited, 6)}
 
     def _restore(self, ctx: ActionContext, before: Mapping[str, Any]) -> dict[str, Any]:
         store = self.store()

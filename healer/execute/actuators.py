@@ -67,6 +67,9 @@ class ActuatorServices:
     http: httpx.AsyncClient | None = None
     # Record an event (fire and forget) for what an actuator finds on the way (healer.dr).
     emit: Callable[[Event], None] | None = None
+    # When an incident was detected (read from the daemon's snapshot): dr.restore's
+    # ``before-incident`` target needs it. None for an unknown incident.
+    incident_opened_at: Callable[[int], float | None] | None = None
 
 
 @runtime_checkable

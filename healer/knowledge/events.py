@@ -71,6 +71,9 @@ class EventType(StrEnum):
     EFFECT_COMPENSATED = "effect.compensated"  # one ledger side effect undone (exactly once)
     FAILOVER_FENCED = "failover.fenced"  # a role's fencing token moved to the standby
     OBJECTIVES_MEASURED = "incident.objectives_measured"  # RPO/RTO achieved vs the targets
+    FLAGS_RESTORED = "flags.restored"  # a degrade's flags put back once its incident resolved
+    MODEL_SWAPPED = "model.swapped"  # a model link moved: lineage (from, to, why)
+    AGENT_PAUSED = "agent.paused"  # an agent acknowledged a pause request (rollback halt over MQTT)
     # DR drills (healer drill): recorded through the control socket, so incidents they cause are
     # known to be drills, not real outages
     DRILL_STARTED = "drill.started"

@@ -120,6 +120,7 @@ class IncidentView:
     rpo_checkpoint_at: float | None = None
     effects_undone: list[str] = field(default_factory=list)
     objectives: dict[str, Any] | None = None
+    flags_restored: list[str] = field(default_factory=list)  # keys of degrade steps put back
     # Analyze: repeated observations folded into this incident (deduplication), blast radius.
     observations: int = 0
     last_observed_at: float | None = None
@@ -837,6 +838,12 @@ def _effect_compensated(s: FleetState, ev: RecordedEvent) -> None:
         inc.effects_undone.append(str(ev.data.get("effect")))
 
 
+def _flags_restored(s: FleetState, ev: RecordedEvent) -> None:
+    inc = s._inc(ev)
+    if inc is not None and ev.data.get("step") not in inc.flags_restored:
+        inc.flags_restored.append(str(ev.data.get("step")))
+
+
 def _objectives_measured(s: FleetState, ev: RecordedEvent) -> None:
     inc = s._inc(ev)
     if inc is not None:
@@ -886,6 +893,7 @@ _HANDLERS: dict[str, Callable[[FleetState, RecordedEvent], None]] = {
     T.CHECKPOINT_RESTORED: _checkpoint_restored,
     T.EFFECT_COMPENSATED: _effect_compensated,
     T.OBJECTIVES_MEASURED: _objectives_measured,
+    T.FLAGS_RESTORED: _flags_restored,
     T.BREAKER_TRANSITIONED: _breaker_transitioned,
     T.AGENT_REPORTED: _agent_reported,
     T.SYMPTOM_SUPPRESSED: _symptom_suppressed,

@@ -19,6 +19,7 @@ import difflib
 import fnmatch
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -257,9 +258,17 @@ class Step(_Strict):
     via: Literal["process", "systemd"] = Field(default="process", description="restart: which actuator")
     unit: str | None = Field(default=None, description="restart via systemd: the unit")
     # rollback
-    checkpoint: str = Field(default="latest", description="rollback: the checkpoint to restore")
+    checkpoint: str = Field(
+        default="latest",
+        description="rollback: the checkpoint to restore: latest, before-incident, seq:N or label:NAME",
+    )
     compensations: list[ActionSpec] = Field(
         default_factory=list, description="rollback: compensating actions run after the restore"
+    )
+    halt: Literal["stop", "pause"] = Field(
+        default="stop",
+        description="rollback: halt the agent by stopping it, or by asking it to pause over MQTT "
+        "(dr.pause: waits for its acknowledgement, then falls back to stopping it)",
     )
     # failover
     standby: str | None = Field(default=None, description="failover: the standby component to promote")
@@ -271,7 +280,10 @@ class Step(_Strict):
     flags: dict[str, Any] | None = Field(default=None, description="degrade: feature flags to set")
     # swap_model
     link: str | None = Field(default=None, description="swap_model: the symlink to repoint")
-    target: str | None = Field(default=None, description="swap_model: the version it points to")
+    target: str | None = Field(
+        default=None,
+        description="swap_model: the version it points to (default: the previous one)",
+    )
     restart: bool = Field(default=False, description="swap_model: restart the process after the swap")
     # escalate
     message: str | None = Field(default=None, description="escalate: what the human should know")
@@ -480,6 +492,9 @@ def fleet_of(config: HealerConfig) -> dict[str, Member]:
     }
 
 
+_PAUSE_KEYS = frozenset({"timeout", "fallback", "prefix", "host", "port"})
+
+
 # -- strategies -> actions -------------------------------------------------------------------------
 def expand_step(step: Step) -> list[dict[str, Any]]:
     """The saga of actions a step runs, in order: ``{"actuator", "action", "params", "timeout"}``.
@@ -508,12 +523,23 @@ def expand_step(step: Step) -> list[dict[str, Any]]:
     if kind == "rollback":
         # healer.dr: halt, restore (verified, never before a pivot), undo the ledger's effects
         # after it (exactly once), any extra compensations, restart; verify follows as for any step.
+        agent = {k: v for k, v in p.items() if k == "agent"}
+        if step.halt == "pause":
+            # Pause params (timeout, fallback, prefix, host, port) come from `params` too.
+            mqtt = {k: v for k, v in p.items() if k in _PAUSE_KEYS}
+            halt, resume = act("dr", "pause", {**agent, **mqtt}), act("dr", "resume", {**agent, **mqtt})
+        else:
+            halt, resume = act("process", "stop"), act("process", "start")
         return [
-            act("process", "stop"),
-            act("dr", "restore", {"checkpoint": step.checkpoint, **p}),
-            act("dr", "compensate", {k: v for k, v in p.items() if k == "agent"}),
+            halt,
+            act(
+                "dr",
+                "restore",
+                {"checkpoint": step.checkpoint, **{k: v for k, v in p.items() if k not in _PAUSE_KEYS}},
+            ),
+            act("dr", "compensate", agent),
             *(spec(a) for a in step.compensations),
-            act("process", "start"),
+            resume,
         ]
     if kind == "failover":
         # The dr actuator fences by token, hands the standby the latest good checkpoint, starts it.
@@ -524,8 +550,16 @@ def expand_step(step: Step) -> list[dict[str, Any]]:
     if kind == "degrade":
         return [act("feature_flag", "set", {"flags": dict(step.flags or {}), **p})]
     if kind == "swap_model":
-        out = [act("symlink_swap", "swap", {"link": step.link, "target": step.target, **p})]
-        return out + ([act("process", "restart")] if step.restart else [])
+        # symlink_swap works on ROOT/LINK with versions beside it: `link` names the link by its
+        # path, `target` a version (a name, or a path beside the link); no target: back to the
+        # version the link named before (the `previous` link).
+        root, name = os.path.split(str(step.link or ""))
+        where = {"root": root, "link": name}
+        if step.target:
+            swap = act("symlink_swap", "swap", {**where, "to": os.path.basename(step.target), **p})
+        else:
+            swap = act("symlink_swap", "rollback", {**where, **p})
+        return [swap, *([act("process", "restart")] if step.restart else [])]
     if kind == "compensate":
         return [spec(a) for a in step.actions or []]
     if kind == "escalate":
@@ -573,6 +607,9 @@ def _zone(name: str) -> dt.tzinfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ValueError(f"unknown timezone {name!r}") from exc
+
+
+_CHECKPOINT_TARGET = re.compile(r"^(latest|before-incident|seq:[0-9]+|label:.+)$")
 
 
 class _Checker:
@@ -701,12 +738,31 @@ class _Checker:
             needs = {
                 "failover": ("standby",),
                 "degrade": ("flags",),
-                "swap_model": ("link", "target"),
+                "swap_model": ("link",),
                 "compensate": ("actions",),
             }.get(kind, ())
             for key in needs:
                 if getattr(s, key) in (None, [], {}):
                     self.add((*loc, key), f"strategy {kind!r} needs `{key}`")
+            if kind == "swap_model" and s.link and not os.path.isabs(s.link):
+                self.add((*loc, "link"), f"link must be an absolute path, got {s.link!r}")
+            if (
+                kind == "swap_model"
+                and s.link
+                and s.target
+                and "/" in s.target
+                and os.path.dirname(s.target.rstrip("/")) != os.path.dirname(s.link)
+            ):
+                self.add(
+                    (*loc, "target"),
+                    f"target must be a version beside the link (in {os.path.dirname(s.link)}), "
+                    f"got {s.target!r}",
+                )
+            if kind == "rollback" and not _CHECKPOINT_TARGET.match(s.checkpoint):
+                self.add(
+                    (*loc, "checkpoint"),
+                    f"checkpoint must be latest, before-incident, seq:N or label:NAME, got {s.checkpoint!r}",
+                )
             if kind == "restart" and s.via == "systemd" and not s.unit:
                 self.add((*loc, "unit"), "restart via systemd needs the `unit` to restart")
             if kind not in ("compensate",) and s.actions is not None:

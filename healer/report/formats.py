@@ -156,6 +156,18 @@ def to_markdown(doc: Mapping[str, Any]) -> str:
     lines += [
         f"- #{c['position']} +{c['t']:.3f} s {c['type']}: {c['text']}" for c in doc["compensations"]
     ] or ["None recorded."]
+    if doc.get("recovery"):
+        lines += ["", "## Disaster recovery", ""]
+        lines += [f"- #{c['position']} +{c['t']:.3f} s {c['type']}: {c['text']}" for c in doc["recovery"]]
+        if doc.get("effects_undone"):
+            lines.append(f"- Side effects undone: {', '.join(doc['effects_undone'])}")
+        for m in doc.get("model_lineage") or []:
+            why = m.get("why") or {}
+            lines.append(
+                f"- Model lineage: `{m.get('link')}` {m.get('from')} → {m.get('to')}, because "
+                f"{why.get('failure_class')} on {why.get('component')} "
+                f"(incident {why.get('incident')}, policy `{why.get('policy')}`)"
+            )
     lines += ["", "## Approvals", ""]
     lines += [
         f"- #{a['position']} {a['when']} {a['type']}"
@@ -277,6 +289,13 @@ def to_html(doc: Mapping[str, Any]) -> str:
             [f"#{c['position']} +{c['t']:.3f} s {c['type']}: {c['text']}" for c in doc["compensations"]],
             "None recorded.",
         ),
+        "<h2>Disaster recovery</h2>" if doc.get("recovery") else "",
+        _list(
+            [f"#{c['position']} +{c['t']:.3f} s {c['type']}: {c['text']}" for c in doc["recovery"]],
+            "",
+        )
+        if doc.get("recovery")
+        else "",
         "<h2>Approvals</h2>",
         _list(
             [

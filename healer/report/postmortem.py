@@ -115,8 +115,30 @@ def build(rec: IncidentRecord, targets: Mapping[str, Targets] | None = None) -> 
         "guardrails": _guardrails(rec.events, inc, t0),
         "objectives": _objectives(inc, rec.events, target),
     }
+    # Disaster recovery, only when there was any (older documents keep their shape).
+    recovery = _generic(rec.events, _DR_FAMILIES, t0)
+    if recovery:
+        doc["recovery"] = recovery
+        doc["effects_undone"] = list(inc.effects_undone)
+        lineage = [
+            {k: e["data"].get(k) for k in ("link", "from", "to", "why")} | {"position": e["position"]}
+            for e in recovery
+            if e["type"] == T.MODEL_SWAPPED
+        ]
+        if lineage:
+            doc["model_lineage"] = lineage
     doc["summary"] = _summary(doc)
     return doc
+
+
+_DR_FAMILIES = (
+    "checkpoint.",
+    "effect.compensated",
+    "failover.",
+    "flags.restored",
+    "model.swapped",
+    "agent.paused",
+)
 
 
 # -- pieces --------------------------------------------------------------------------------------

@@ -1,15 +1,18 @@
 """``feature_flag``: set flags in a flag set, atomically: graceful degradation with safe defaults.
 
-A flag set is a JSON object, kept either in a file under ``STATE_DIR/flags/NAME.json`` (written
+A flag set is a JSON object, kept either in a file under ``STATE_DIR/flags/NAME.json`` (``set``;
+or ``file``: an absolute path under ``execute.allowed_roots``) (written
 to a temp file, fsynced, renamed over the old one, mode 0600) or as the retained payload of an
 MQTT topic. Agents read it; healer only ever replaces the whole set in one step. The values the
 action replaced are recorded, so ``compensate`` restores them exactly (and removes flags that
-did not exist before).
+did not exist before). With ``restore: true`` (the default) the daemon does the same once the
+incident resolves (``flags.restored``; see healer.dr.aftercare).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,6 +28,7 @@ from healer.execute.safety import (
     atomic_write,
     check_templates,
     ensure_private_dir,
+    inside,
     render,
     safe_name,
     template_values,
@@ -36,9 +40,13 @@ FlagValue = bool | int | float | str | None
 class _Set(Params):
     flags: dict[str, FlagValue] = Field(min_length=1)
     set: str | None = None  # file mode: the flag set's name (default: the component's name)
+    file: str | None = None  # file mode, elsewhere: an absolute path under execute.allowed_roots
     topic: str | None = None  # MQTT mode: a retained topic holding the set
     host: str | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
+    # Put the replaced values back once the incident resolves (healer.dr.aftercare); false: the
+    # degraded values stay until someone changes them.
+    restore: bool = True
 
     @field_validator("flags")
     @classmethod
@@ -50,8 +58,11 @@ class _Set(Params):
 
     @model_validator(mode="after")
     def _one_place(self) -> _Set:
-        if self.set is not None and self.topic is not None:
-            raise ValueError("give either 'set' (a file) or 'topic' (MQTT), not both")
+        if sum(x is not None for x in (self.set, self.file, self.topic)) > 1:
+            raise ValueError("give one place: 'set' or 'file' (a file), or 'topic' (MQTT), not both")
+        if self.file is not None and not os.path.isabs(self.file):
+            raise ValueError(f"file must be an absolute path, got {self.file!r}")
+        check_templates(self.file or "", "file")
         check_templates(self.set or "", "set")
         check_templates(self.topic or "", "topic")
         return self
@@ -73,6 +84,11 @@ class FeatureFlagActuator(Base):
         if self.services.state_dir is None:
             raise ActuatorError("feature_flag needs the daemon's state directory")
         values = template_values(ctx.component, ctx.incident, ctx.idempotency_key)
+        if p.file is not None:
+            roots = [*self.services.settings.allowed_roots, self.services.state_dir]
+            path = inside(Path(render(p.file, values)), roots)
+            ensure_private_dir(path.parent)
+            return path
         name = safe_name(render(p.set or "{component}", values), "flag set name")
         d = self.services.state_dir / "flags"
         ensure_private_dir(d)
@@ -128,7 +144,9 @@ class FeatureFlagActuator(Base):
         before = dict(ctx.before) if "previous" in ctx.before else await self.prepare(ctx)
         current = await self._read(ctx, p)
         where = await self._write(ctx, p, {**current, **p.flags})
-        return {"where": where, "set": dict(p.flags), **before}
+        # The parameters travel with the result: restoring after the incident resolves needs
+        # them, and the step events carry results, not parameters.
+        return {"where": where, "set": dict(p.flags), "params": p.model_dump(exclude_none=True), **before}
 
     async def compensate(self, ctx: ActionContext) -> dict[str, Any]:
         p: _Set = self.parse(ctx.action, ctx.params)

@@ -134,7 +134,7 @@ class SymlinkSwapActuator(Base):
             # previous first: at every instant, at least one link names the old version.
             self._point(prev, current)
             self._point(link, to)
-        return {"root": str(root), "current": to, **before}
+        return {"root": str(root), "link": str(link), "current": to, **before}
 
     async def compensate(self, ctx: ActionContext) -> dict[str, Any]:
         _, link, prev, _ = self._paths(ctx)
