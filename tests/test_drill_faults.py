@@ -169,6 +169,42 @@ def test_network_fault_on_the_hosts_namespace_is_skipped_with_the_reason(
         child.wait()
 
 
+@pytest.mark.parametrize(
+    ("percent", "interface"),
+    [(100, None), (0.5, None), (33.3, "eth0")],
+    ids=["all", "half-percent", "one-if"],
+)
+def test_network_drop_rules_load_into_nftables(tmp_path: Path, percent: float, interface: str | None) -> None:
+    reason = NetworkDropFault.platform_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    params = NetworkDropFault.Params(percent=percent, interface=interface)
+    fault = NetworkDropFault(
+        FaultSpec(kind="network_drop", target="agent", duration=1), params, _ctx(tmp_path)
+    )
+    # Loaded, then listed back, in a namespace of its own that vanishes with the command.
+    both = (
+        "import subprocess, sys; "
+        "subprocess.run(['nft', '-f', '-'], input=sys.stdin.read(), text=True, check=True); "
+        f"subprocess.run(['nft', 'list', 'table', 'inet', '{fault.table}'], check=True)"
+    )
+    done = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", both],
+        input=fault.ruleset(),
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert done.returncode == 0, done.stderr
+    rules = [line.strip() for line in done.stdout.splitlines() if line.strip().endswith("drop")]
+    assert len(rules) == 2, done.stdout
+    if percent == 100:
+        assert rules == ["drop", "drop"]  # every packet, no sampling
+    else:
+        assert all(f"numgen random mod 10000 < {round(percent * 100)}" in r for r in rules)
+    assert all((f'"{interface}"' in r) == (interface is not None) for r in rules)
+
+
 def test_builtin_faults_pass_the_plugin_checks() -> None:
     kinds = fault_kinds()
     assert {"kill", "hang", "cpu_pressure", "memory_pressure", "dependency_outage", "broker_outage"} <= set(

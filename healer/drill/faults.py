@@ -282,6 +282,9 @@ class MemoryPressureFault(_Pressure):
 class BrokerParams(NoParams):
     match: str = Field(default="mosquitto", min_length=1)  # the broker's cmdline must contain this
     restart_timeout: float = Field(default=10.0, gt=0, le=120)
+    # crash: SIGKILL, the broker vanishes. graceful: SIGTERM, and the broker publishes every
+    # connected client's last will as it closes their connections (agents look offline).
+    stop: Literal["crash", "graceful"] = "crash"
 
 
 class BrokerOutageFault(_Base):
@@ -311,7 +314,8 @@ class BrokerOutageFault(_Base):
 
     def describe(self) -> str:
         port = self.ctx.config.mqtt.port if self.ctx.config.mqtt else "?"
-        return f"stop the MQTT broker on port {port} for {self.spec.duration:g}s, then start it again"
+        how = "kill (SIGKILL)" if self.params.stop == "crash" else "stop (SIGTERM)"
+        return f"{how} the MQTT broker on port {port} for {self.spec.duration:g}s, then start it again"
 
     def _broker(self) -> psutil.Process:
         assert self.ctx.config.mqtt is not None
@@ -329,12 +333,15 @@ class BrokerOutageFault(_Base):
     def inject(self) -> str:
         proc = self._broker()
         self._restart = (proc.cmdline(), proc.cwd())
-        proc.terminate()
+        if self.params.stop == "crash":
+            proc.kill()
+        else:
+            proc.terminate()
         if not _gone(proc, 5):
             proc.kill()
             if not _gone(proc, 5):
                 raise FaultError(f"broker pid {proc.pid} did not stop")
-        return f"broker pid {proc.pid} stopped"
+        return f"broker pid {proc.pid} {'killed' if self.params.stop == 'crash' else 'stopped'}"
 
     def revert(self) -> str:
         if self._restart is None:
@@ -654,13 +661,14 @@ class NetworkDropFault(_NetFault):
     def ruleset(self) -> str:
         # numgen picks per packet: percent in hundredths, so 0.5% and 100% are both exact.
         share = round(float(self.params.percent) * 100)
+        sample = f"numgen random mod 10000 < {share} " if share < 10000 else ""
         dev = self.params.interface
         chains = []
         for chain, hook, match in (("in", "input", "iifname"), ("out", "output", "oifname")):
             only = f'{match} "{dev}" ' if dev else ""
             chains.append(
                 f"  chain {chain} {{ type filter hook {hook} priority -300; policy accept; "
-                f"{only}numgen random mod 10000 < {share} drop; }}"
+                f"{only}{sample}drop; }}"
             )
         return f"table inet {self.table} {{\n" + "\n".join(chains) + "\n}\n"
 

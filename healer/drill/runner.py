@@ -224,6 +224,11 @@ class Runner:
             for n in names
             if self.state.component(n).health != "healthy"
         ]
+        link = self.state.mqtt
+        if self.config.mqtt is not None and link is not None and link.get("state") != "connected":
+            # The daemon's telemetry link is part of the fleet's steady state (a broker outage ends
+            # when healer is connected again, not when the broker merely listens).
+            problems.append(f"the daemon's MQTT link is {link.get('state')}")
         for check in st.http:
             try:
                 with urllib.request.urlopen(check.url, timeout=2) as resp:  # noqa: S310  http(s) only, validated
