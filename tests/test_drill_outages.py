@@ -324,6 +324,7 @@ def test_network_faults_this_machine_cannot_do_are_skipped_up_front_and_in_the_d
         wait_for(lambda: is_healthy(d.state_dir, "svc"), 30, what="svc healthy")
         r = healer_cli("drill", str(spec), "-c", str(cfg), "--report-dir", str(tmp_path / "r"), timeout=60)
         assert f"will be SKIPPED: {reason}" in r.stdout, r.stdout
+        assert r.returncode == 1 and "every fault was skipped on this machine" in r.stdout, r.stdout
         assert not events(d.state_dir, "drill.fault_injected")
         doc = json.loads(next((tmp_path / "r").glob("*.json")).read_text())
         assert doc["faults"][0]["status"] == "skipped" and doc["faults"][0]["skipped_reason"] == reason

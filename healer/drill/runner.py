@@ -482,6 +482,9 @@ class Runner:
         )
         if self.abort_reason is None:
             check("steady state after", not after, "; ".join(after) or "holds")
+        if self.runs and all(r.status == "skipped" for r in self.runs):
+            # Skipped faults are n/a, not passed: a drill that injected nothing graded nothing.
+            check("something was drilled", False, "every fault was skipped on this machine")
         if self.abort_reason is not None:
             reasons.insert(0, f"aborted: {self.abort_reason}")
             return "aborted", reasons, checks
