@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -431,3 +432,52 @@ def test_corrupt_checkpoint_and_kill_drill_grades_rpo_and_leaves_the_checkpoint_
             assert reason.startswith("booker RPO") and "exceeds the drill's criteria.rpo of 0.01s" in reason
     finally:
         booking.stop()
+
+
+def test_sigint_puts_a_corrupted_checkpoint_back_exactly(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, agent_component("svc", free_port()))
+    with running_daemon(cfg) as d:
+        state = d.state_dir
+        wait_for(lambda: is_healthy(state, "svc"), 30, what="svc healthy")
+        store = CheckpointStore.in_state_dir(state)
+        store.save("svc", b"older memory")
+        head = store.save("svc", b'{"memory": "the latest, good"}')
+        blob = store.blob_path(head.sha256)
+        before = (blob.read_bytes(), blob.stat().st_mode, blob.stat().st_mtime_ns)
+        spec = tmp_path / "corrupt.yaml"
+        spec.write_text(
+            textwrap.dedent(
+                """\
+                version: 1
+                name: corrupt-then-interrupt
+                timeout: 60s
+                blast_radius:
+                  components: [svc]
+                faults:
+                  - kind: corrupt_checkpoint
+                    target: svc
+                    duration: 60s
+                """
+            )
+        )
+        proc = subprocess.Popen(
+            [PY, "-m", "healer", "drill", str(spec), "-c", str(cfg), "--report-dir", str(tmp_path / "r")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            wait_for(lambda: events(state, "drill.fault_injected"), 30, what="the checkpoint corrupted")
+            assert blob.read_bytes() != before[0]
+            found = healer_cli("checkpoint", "verify", "svc", "-c", str(cfg))
+            assert found.returncode == 1 and "CORRUPT" in found.stdout, found.stdout
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 130, out
+        assert (blob.read_bytes(), blob.stat().st_mode, blob.stat().st_mtime_ns) == before
+        assert f"svc#{head.seq} restored" in out
+        again = healer_cli("checkpoint", "verify", "svc", "-c", str(cfg))
+        assert again.returncode == 0, again.stdout

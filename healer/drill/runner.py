@@ -191,8 +191,8 @@ class Runner:
             self.step_keys[key] = self.step_keys.get(key, 0) + 1
         elif rec.type == T.INCIDENT_ESCALATED and comp is not None:
             self.escalations.append((comp, rec.incident, str(rec.data.get("reason"))))
-        if rec.type == T.OBJECTIVES_MEASURED and rec.incident is not None and comp is not None:
-            self.objectives[rec.incident] = (comp, dict(rec.data))
+        if rec.type == T.OBJECTIVES_MEASURED and rec.incident is not None and comp in self.radius:
+            self.objectives[rec.incident] = (str(comp), dict(rec.data))
             for run in self.runs:
                 if run.incident == rec.incident:
                     run.objectives = dict(rec.data)
@@ -454,7 +454,11 @@ class Runner:
             # Graded from the injection (the daemon's own RTO starts at detection: reported too).
             took = run.resolved_at - run.injected_at
             daemon = (run.objectives or {}).get("rto_achieved")
-            theirs = f"; the daemon measured {daemon:.2f}s from detection" if daemon is not None else ""
+            theirs = (
+                f"; the daemon measured {daemon:.2f}s from detection"
+                if isinstance(daemon, int | float)
+                else ""
+            )
             rto = self.rto(run.target)
             if rto is None:
                 check(f"{label} RTO", True, f"recovered in {took:.2f}s (no RTO configured){theirs}")
@@ -611,7 +615,10 @@ def platform_reason(fault: Any) -> str | None:
     hook = getattr(type(fault), "platform_unavailable", None)
     if not callable(hook):
         return None
-    reason = hook(fault.params)
+    try:
+        reason = hook(fault.params)
+    except Exception as exc:  # a plugin's broken check must not take the drill down with it
+        return f"its platform check failed: {type(exc).__name__}: {exc}"
     return None if reason is None else str(reason)
 
 
