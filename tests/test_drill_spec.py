@@ -83,6 +83,8 @@ def test_valid_drill_loads(tmp_path: Path) -> None:
         (("version: 1", "version: 2"), ":1:", "version"),
         (("  max_concurrent: 2", "  max_concurrent: many"), ":5:", "valid integer"),
         (("rto: {planner: 3s}", "rto: {writerr: 3s}"), ":17:", "unknown component 'writerr'"),
+        (("rto: {planner: 3s}", "rpo: {writerr: 3s}"), ":17:", "unknown component 'writerr'"),
+        (("rto: {planner: 3s}", "rpo: {planner: soon}"), ":17:", "criteria.rpo.planner"),
         (("    workers: 2\n", "    workers: 2\n    colour: red\n"), ":15:", "colour"),
     ],
 )

@@ -281,6 +281,15 @@ class CheckpointStore:
         path = self.agent_dir(cp.agent) / f"{cp.seq:0{_SEQ_WIDTH}d}.corrupt"
         atomic_write(path, json.dumps({"reason": reason, "at": time.time()}).encode())
 
+    def clear_corrupt(self, cp: Checkpoint) -> bool:
+        """Drop the corrupt mark (a drill that damaged the blob put the exact bytes back)."""
+        try:
+            os.unlink(self.agent_dir(cp.agent) / f"{cp.seq:0{_SEQ_WIDTH}d}.corrupt")
+        except FileNotFoundError:
+            return False
+        fsync_dir(self.agent_dir(cp.agent))
+        return True
+
     def remove(self, cp: Checkpoint) -> None:
         """Drop the manifest (and the blob when no other manifest uses it)."""
         d = self.agent_dir(cp.agent)

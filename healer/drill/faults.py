@@ -9,7 +9,9 @@ A fault class (built-in here, or a plugin in the ``healer.faults`` entry-point g
 - ``Params``: a pydantic model of its own parameters (validated with file:line positions);
 - ``__init__(spec, params, ctx)``; ``describe()`` (the dry-run line); ``unavailable()`` (a reason
   to skip on this platform, or None); ``inject()`` and ``revert()``, which return what they did.
-  ``check(spec, params, config)`` (a classmethod, optional) adds validation against the config.
+  ``check(spec, params, config)`` (a classmethod, optional) adds validation against the config;
+  ``platform_unavailable(params)`` (a classmethod, optional) is the part of ``unavailable`` that
+  does not depend on the target: checked up front, and by ``--dry-run``, without side effects.
 
 Processes are identified by pid *and* start time from the daemon's log, so a fault never
 signals a process that merely reused a pid.
@@ -18,13 +20,15 @@ signals a process that merely reused a pid.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
-import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -37,8 +41,10 @@ from typing import Any, ClassVar, Literal, Protocol
 import psutil
 from pydantic import BaseModel, ConfigDict, Field
 
-from healer.config import HealerConfig
+from healer.config import HealerConfig, Name
+from healer.dr.store import Checkpoint, CheckpointError, CheckpointStore
 from healer.errors import HealerError
+from healer.fsutil import atomic_write
 from healer.knowledge.projections import FleetState
 
 log = logging.getLogger(__name__)
@@ -276,6 +282,9 @@ class MemoryPressureFault(_Pressure):
 class BrokerParams(NoParams):
     match: str = Field(default="mosquitto", min_length=1)  # the broker's cmdline must contain this
     restart_timeout: float = Field(default=10.0, gt=0, le=120)
+    # crash: SIGKILL, the broker vanishes. graceful: SIGTERM, and the broker publishes every
+    # connected client's last will as it closes their connections (agents look offline).
+    stop: Literal["crash", "graceful"] = "crash"
 
 
 class BrokerOutageFault(_Base):
@@ -305,7 +314,8 @@ class BrokerOutageFault(_Base):
 
     def describe(self) -> str:
         port = self.ctx.config.mqtt.port if self.ctx.config.mqtt else "?"
-        return f"stop the MQTT broker on port {port} for {self.spec.duration:g}s, then start it again"
+        how = "kill (SIGKILL)" if self.params.stop == "crash" else "stop (SIGTERM)"
+        return f"{how} the MQTT broker on port {port} for {self.spec.duration:g}s, then start it again"
 
     def _broker(self) -> psutil.Process:
         assert self.ctx.config.mqtt is not None
@@ -323,13 +333,15 @@ class BrokerOutageFault(_Base):
     def inject(self) -> str:
         proc = self._broker()
         self._restart = (proc.cmdline(), proc.cwd())
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except psutil.TimeoutExpired:
+        if self.params.stop == "crash":
             proc.kill()
-            proc.wait(5)
-        return f"broker pid {proc.pid} stopped"
+        else:
+            proc.terminate()
+        if not _gone(proc, 5):
+            proc.kill()
+            if not _gone(proc, 5):
+                raise FaultError(f"broker pid {proc.pid} did not stop")
+        return f"broker pid {proc.pid} {'killed' if self.params.stop == 'crash' else 'stopped'}"
 
     def revert(self) -> str:
         if self._restart is None:
@@ -350,18 +362,48 @@ class BrokerOutageFault(_Base):
         raise FaultError(f"the broker did not listen on port {port} within {self.params.restart_timeout:g}s")
 
 
+def _gone(proc: psutil.Process, timeout: float) -> bool:
+    """Exited (a zombie counts: its parent, not the drill, reaps it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.02)
+    return False
+
+
 class CheckpointParams(NoParams):
-    checkpoint: str = Field(default="latest", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    # latest: the checkpoint the agent resumes from (HEAD; the newest when there is no HEAD).
+    checkpoint: str = Field(
+        default="latest", pattern=r"^(latest|seq:[0-9]{1,12}|label:[A-Za-z0-9][A-Za-z0-9._-]{0,63})$"
+    )
+    agent: Name | None = None  # the agent whose checkpoint it is (default: the target component)
     mode: Literal["flip", "truncate"] = "flip"
 
 
-class CorruptCheckpointFault(_Base):
-    """Corrupt the target's latest (or named) checkpoint; restore the original bytes on revert.
+@dataclass
+class _SavedBlob:
+    cp: Checkpoint
+    blob: Path
+    backup: Path
+    mode: int
+    times: tuple[int, int]  # atime, mtime (ns)
+    damaged_sha: str
+    clean: list[tuple[str, int]]  # checkpoints sharing the blob that were not marked corrupt before
 
-    Works on the checkpoint layout of the ``checkpoint_restore`` actuator
-    (``STATE_DIR/checkpoints/AGENT/NAME/{manifest.json,data}``). The original is copied into
-    the drill's private directory first; revert puts it back atomically, unless something else
-    replaced the file meanwhile (then that newer file is left alone and the report says so).
+
+class CorruptCheckpointFault(_Base):
+    """Damage one checkpoint of the DR store (:mod:`healer.dr.store`); put the exact bytes back on revert.
+
+    The store is content-addressed: the fault flips a byte in (or truncates) the checkpoint's
+    blob, after copying it into the drill's private directory. Revert writes the copy back
+    atomically with its mode and times, checks it hashes to the manifest's sha256 again, and
+    removes the corrupt marks the damage caused (``healer checkpoint verify``, or the daemon's
+    restore, marks a checkpoint that fails its re-hash), so the checkpoint verifies as before
+    the drill. A blob something else replaced meanwhile is left alone (the report says so).
     """
 
     kind = "corrupt_checkpoint"
@@ -370,67 +412,103 @@ class CorruptCheckpointFault(_Base):
 
     def __init__(self, spec: Any, params: Any, ctx: FaultContext) -> None:
         super().__init__(spec, params, ctx)
-        self._saved: tuple[Path, Path, str] | None = None  # data file, backup, corrupted sha256
+        self._saved: _SavedBlob | None = None
+
+    @property
+    def agent(self) -> str:
+        return str(self.params.agent or self.target)
 
     def describe(self) -> str:
         p = self.params
-        return f"{p.mode} the {p.checkpoint} checkpoint of {self.target} (a copy is restored)"
+        return f"{p.mode} the {p.checkpoint} checkpoint of agent {self.agent} (the exact bytes are restored)"
 
-    def _resolve(self) -> Path:
-        base: Path = self.ctx.config.state_dir / "checkpoints" / self.target
-        if self.params.checkpoint != "latest":
-            found: Path = base / str(self.params.checkpoint) / "data"
-            if not found.is_file():
-                raise FaultError(f"{self.target}: no checkpoint {self.params.checkpoint!r} in {base}")
-            return found
-        newest: tuple[float, Path] | None = None
-        for manifest in base.glob("*/manifest.json"):
-            with contextlib.suppress(OSError, ValueError, TypeError):
-                created = float(json.loads(manifest.read_text())["created_at"])
-                if newest is None or created > newest[0]:
-                    newest = (created, manifest.parent / "data")
-        if newest is None or not newest[1].is_file():
-            raise FaultError(f"{self.target}: no checkpoint in {base}")
-        return newest[1]
+    def store(self) -> CheckpointStore:
+        return CheckpointStore.in_state_dir(self.ctx.config.state_dir)
+
+    def _resolve(self, store: CheckpointStore) -> Checkpoint:
+        cps = store.list(self.agent)
+        if not cps:
+            raise FaultError(f"agent {self.agent} has no checkpoint in {store.root}")
+        want = str(self.params.checkpoint)
+        if want == "latest":
+            head = store.head(self.agent)
+            return store.get(self.agent, head) if head is not None else cps[-1]
+        if want.startswith("seq:"):
+            return store.get(self.agent, int(want[4:]))
+        named = [c for c in cps if c.label == want[6:]]
+        if not named:
+            raise FaultError(f"agent {self.agent} has no checkpoint labelled {want[6:]!r}")
+        return named[-1]
 
     def inject(self) -> str:
-        data = self._resolve()
-        original = data.read_bytes()
-        backup = self.ctx.workdir / f"checkpoint-{self.target}-{data.parent.name}"
-        _write_private(backup, original)
+        store = self.store()
+        try:
+            cp = self._resolve(store)
+            reason = store.corrupt_reason(cp)
+            blob = store.blob_path(cp.sha256)
+            original = blob.read_bytes()
+        except (CheckpointError, OSError) as exc:
+            raise FaultError(f"{self.agent}: {exc}") from exc
+        if reason is not None or hashlib.sha256(original).hexdigest() != cp.sha256:
+            # Damaging what is already damaged grades nothing, and "restoring" it would be a lie.
+            raise FaultError(f"{self.agent}#{cp.seq} is already corrupt ({reason or 'hash mismatch'})")
+        clean = [
+            (c.agent, c.seq)
+            for a in store.agents()
+            for c in store.list(a)
+            if c.sha256 == cp.sha256 and store.corrupt_reason(c) is None
+        ]
+        st = blob.stat()
+        backup = self.ctx.workdir / f"checkpoint-{self.agent}-{cp.seq}-{cp.sha256[:16]}"
+        atomic_write(backup, original)
         if self.params.mode == "truncate" or not original:
             damaged = original[: len(original) // 2]
         else:
             mid = len(original) // 2
             damaged = original[:mid] + bytes([original[mid] ^ 0xFF]) + original[mid + 1 :]
-        _write_private(data, damaged)
-        self._saved = (data, backup, hashlib.sha256(damaged).hexdigest())
-        return f"{self.params.mode} {data} (original kept at {backup})"
+        self._saved = _SavedBlob(
+            cp,
+            blob,
+            backup,
+            stat.S_IMODE(st.st_mode),
+            (st.st_atime_ns, st.st_mtime_ns),
+            hashlib.sha256(damaged).hexdigest(),
+            clean,
+        )
+        atomic_write(blob, damaged, mode=stat.S_IMODE(st.st_mode))
+        return f"{self.params.mode} {self.agent}#{cp.seq} (blob {blob}; original kept at {backup})"
 
     def revert(self) -> str:
-        if self._saved is None:
+        s = self._saved
+        if s is None:
             return "nothing was corrupted"
-        data, backup, damaged_sha = self._saved
+        store = self.store()
+        name = f"{s.cp.agent}#{s.cp.seq}"
         try:
-            current = hashlib.sha256(data.read_bytes()).hexdigest()
-        except OSError:
+            current: str | None = hashlib.sha256(s.blob.read_bytes()).hexdigest()
+        except FileNotFoundError:
             current = None
-        if current not in (damaged_sha, None):
-            return f"{data} was replaced meanwhile; left as it is (original at {backup})"
-        _write_private(data, backup.read_bytes())
-        backup.unlink()
-        return f"{data} restored"
-
-
-def _write_private(path: Path, content: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.drill-tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, content)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        if current is None and not any(
+            c.sha256 == s.cp.sha256 for a in store.agents() for c in store.list(a)
+        ):
+            s.backup.unlink()
+            return f"{name} was removed meanwhile (retention): nothing to restore"
+        if current not in (s.damaged_sha, s.cp.sha256, None):
+            return f"the blob of {name} was replaced meanwhile; left as it is (original at {s.backup})"
+        original = s.backup.read_bytes()
+        if hashlib.sha256(original).hexdigest() != s.cp.sha256:
+            raise FaultError(f"the drill's copy of {name} at {s.backup} no longer matches its sha256")
+        atomic_write(s.blob, original, mode=s.mode)
+        os.utime(s.blob, ns=s.times)
+        cleared = []
+        for agent, seq in s.clean:
+            with contextlib.suppress(CheckpointError):
+                if store.clear_corrupt(store.get(agent, seq)):
+                    cleared.append(f"{agent}#{seq}")
+        s.backup.unlink()
+        self._saved = None
+        marks = f"; corrupt marks it caused removed: {', '.join(cleared)}" if cleared else ""
+        return f"{name} restored (sha256 {s.cp.sha256[:12]}... verified){marks}"
 
 
 class DelayParams(NoParams):
@@ -441,32 +519,41 @@ class DelayParams(NoParams):
 
 class DropParams(NoParams):
     percent: float = Field(gt=0, le=100)
-    interface: str = Field(default="lo", pattern=r"^[A-Za-z0-9_.-]{1,15}$")
+    # Only this interface of the target's namespace (default: all of them, loopback included).
+    interface: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,15}$")
 
 
-class _Netem(_Base):
-    """``tc netem`` inside the target's own network namespace, so nothing else is shaped.
+class _NetFault(_Base):
+    """Shape the traffic of a component that runs in a network namespace of its own.
 
-    Only possible when the component runs in a network namespace of its own (not the host's)
-    and the drill may administer it (CAP_NET_ADMIN, ``nsenter`` and ``tc`` installed);
-    otherwise the fault is skipped with the reason, never applied to the host's interfaces.
+    Applied inside that namespace only (never to the host's interfaces): the drill opens the
+    namespace (``/proc/PID/ns/net``) at injection and keeps it open until revert, so the revert
+    reaches the same namespace even if healer replaced the process meanwhile. Whether the
+    platform can do it at all (tools, CAP_NET_ADMIN/CAP_SYS_ADMIN, the kernel feature) is probed
+    up front in a throwaway namespace (``unshare -n``), which ``--dry-run`` reports too.
     """
 
     recovers = False
+    tools: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, spec: Any, params: Any, ctx: FaultContext) -> None:
         super().__init__(spec, params, ctx)
-        self._pid: int | None = None
+        self._ns: int | None = None  # an open fd on the target's network namespace
+        self._where = ""
 
-    def _netem(self) -> list[str]:
+    @classmethod
+    def probe_argv(cls) -> list[str]:
+        """A command that works only if the kernel can do this fault (run in a fresh namespace)."""
         raise NotImplementedError
 
+    @classmethod
+    def platform_unavailable(cls, params: Any = None) -> str | None:
+        return _platform_reason(cls.kind, cls.tools, tuple(cls.probe_argv()))
+
     def unavailable(self) -> str | None:
-        missing = [tool for tool in ("tc", "nsenter") if shutil.which(tool) is None]
-        if missing:
-            return f"{' and '.join(missing)} not installed"
-        if not _has_net_admin():
-            return "this user lacks CAP_NET_ADMIN"
+        reason = self.platform_unavailable(self.params)
+        if reason is not None:
+            return reason
         try:
             proc = target_process(self.ctx, self.target)
             theirs = os.readlink(f"/proc/{proc.pid}/ns/net")
@@ -476,35 +563,61 @@ class _Netem(_Base):
         if theirs == ours:
             return (
                 f"{self.target} shares the host's network namespace: shaping its traffic would "
-                "shape everyone's (run it in its own namespace, e.g. under `unshare -n`)"
+                "shape everyone's (run it in its own, e.g. `ip netns exec NS ...` or `unshare -n`)"
             )
         return None
 
-    def _tc(self, pid: int, *args: str) -> None:
-        argv = ["nsenter", "-t", str(pid), "-n", "tc", "qdisc", *args]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    def _in_ns(self, *argv: str, stdin: str | None = None) -> None:
+        assert self._ns is not None
+        cmd = ["nsenter", f"--net=/proc/{os.getpid()}/fd/{self._ns}", *argv]
+        done = subprocess.run(
+            cmd, input=stdin, capture_output=True, text=True, timeout=10, check=False, pass_fds=(self._ns,)
+        )
         if done.returncode != 0:
             raise FaultError(f"{' '.join(argv)}: {done.stderr.strip() or done.returncode}")
 
+    def _apply(self) -> str:
+        raise NotImplementedError
+
+    def _remove(self) -> None:
+        raise NotImplementedError
+
     def inject(self) -> str:
         proc = target_process(self.ctx, self.target)
-        self._tc(proc.pid, "add", "dev", self.params.interface, "root", "netem", *self._netem())
-        self._pid = proc.pid
-        return f"netem {' '.join(self._netem())} on {self.params.interface} in pid {proc.pid}'s namespace"
+        theirs = os.readlink(f"/proc/{proc.pid}/ns/net")
+        if theirs == os.readlink("/proc/self/ns/net"):
+            raise FaultError(f"{self.target} shares the host's network namespace; not shaping it")
+        self._ns = os.open(f"/proc/{proc.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self._where = f"pid {proc.pid}'s network namespace ({theirs})"
+        try:
+            what = self._apply()
+        except BaseException:
+            os.close(self._ns)
+            self._ns = None
+            raise
+        return f"{what} in {self._where}"
 
     def revert(self) -> str:
-        if self._pid is None:
+        if self._ns is None:
             return "nothing was shaped"
         try:
-            self._tc(self._pid, "del", "dev", self.params.interface, "root")
-        except (FaultError, OSError) as exc:
-            return f"netem not removed ({exc}); the namespace may be gone with its process"
-        return "netem removed"
+            self._remove()
+        finally:
+            os.close(self._ns)
+            self._ns = None
+        return f"removed from {self._where}"
 
 
-class NetworkDelayFault(_Netem):
+class NetworkDelayFault(_NetFault):
+    """``tc qdisc ... netem delay`` on an interface of the target's namespace."""
+
     kind = "network_delay"
     Params = DelayParams
+    tools = ("tc", "nsenter", "unshare")
+
+    @classmethod
+    def probe_argv(cls) -> list[str]:
+        return ["tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"]
 
     def describe(self) -> str:
         return f"delay {self.target}'s traffic by {self.params.delay_ms} ms for {self.spec.duration:g}s"
@@ -513,24 +626,83 @@ class NetworkDelayFault(_Netem):
         jitter = [f"{self.params.jitter_ms}ms"] if self.params.jitter_ms else []
         return ["delay", f"{self.params.delay_ms}ms", *jitter]
 
+    def _apply(self) -> str:
+        dev = self.params.interface
+        self._in_ns("tc", "qdisc", "add", "dev", dev, "root", "netem", *self._netem())
+        return f"netem {' '.join(self._netem())} on {dev}"
 
-class NetworkDropFault(_Netem):
+    def _remove(self) -> None:
+        self._in_ns("tc", "qdisc", "del", "dev", self.params.interface, "root")
+
+
+class NetworkDropFault(_NetFault):
+    """Drop a share of the target's packets, both ways, with an nftables table of the drill's own.
+
+    The table lives in the target's namespace and holds nothing but the drill's two rules; revert
+    deletes that table, which leaves every other rule of the namespace exactly as it was.
+    """
+
     kind = "network_drop"
     Params = DropParams
+    tools = ("nft", "nsenter", "unshare")
+
+    def __init__(self, spec: Any, params: Any, ctx: FaultContext) -> None:
+        super().__init__(spec, params, ctx)
+        self.table = f"healer_drill_{os.getpid()}_{secrets.token_hex(4)}"
+
+    @classmethod
+    def probe_argv(cls) -> list[str]:
+        return ["nft", "add", "table", "inet", "healer_drill_probe"]
 
     def describe(self) -> str:
-        return f"drop {self.params.percent:g}% of {self.target}'s packets for {self.spec.duration:g}s"
+        where = f" on {self.params.interface}" if self.params.interface else ""
+        return f"drop {self.params.percent:g}% of {self.target}'s packets{where} for {self.spec.duration:g}s"
 
-    def _netem(self) -> list[str]:
-        return ["loss", f"{self.params.percent:g}%"]
+    def ruleset(self) -> str:
+        # numgen picks per packet: percent in hundredths, so 0.5% and 100% are both exact.
+        share = round(float(self.params.percent) * 100)
+        sample = f"numgen random mod 10000 < {share} " if share < 10000 else ""
+        dev = self.params.interface
+        chains = []
+        for chain, hook, match in (("in", "input", "iifname"), ("out", "output", "oifname")):
+            only = f'{match} "{dev}" ' if dev else ""
+            chains.append(
+                f"  chain {chain} {{ type filter hook {hook} priority -300; policy accept; "
+                f"{only}{sample}drop; }}"
+            )
+        return f"table inet {self.table} {{\n" + "\n".join(chains) + "\n}\n"
+
+    def _apply(self) -> str:
+        self._in_ns("nft", "-f", "-", stdin=self.ruleset())  # one transaction: all of it or nothing
+        return f"nftables table inet {self.table} dropping {self.params.percent:g}%"
+
+    def _remove(self) -> None:
+        self._in_ns("nft", "delete", "table", "inet", self.table)
 
 
-def _has_net_admin() -> bool:
-    cap_net_admin = 12
+@functools.cache
+def _platform_reason(kind: str, tools: tuple[str, ...], probe: tuple[str, ...]) -> str | None:
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        return f"{' and '.join(missing)} not installed"
+    if not (_has_cap(12) and _has_cap(21)):
+        return "this user lacks CAP_NET_ADMIN and CAP_SYS_ADMIN (to enter a component's network namespace)"
+    argv = [shutil.which("unshare") or "unshare", "--net", *probe]  # a namespace gone when it exits
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"cannot probe the kernel: {exc}"
+    if done.returncode != 0:
+        why = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+        return f"the kernel cannot do {kind} here: `{' '.join(probe)}` fails in a fresh namespace ({why})"
+    return None
+
+
+def _has_cap(bit: int) -> bool:
     with contextlib.suppress(OSError, ValueError):
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) >> cap_net_admin & 1)
+                return bool(int(line.split()[1], 16) >> bit & 1)
     return False
 
 

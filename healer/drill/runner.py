@@ -41,6 +41,8 @@ EXIT_ABORTED = 3
 EXIT_NOT_STEADY = 4
 EXIT_INTERRUPTED = 130
 POLL = 0.1
+# incident.objectives_measured follows incident.resolved at once; a run waits this long for it.
+OBJECTIVES_GRACE = 1.0
 
 
 @dataclass
@@ -62,6 +64,8 @@ class FaultRun:
     incident: int | None = None
     detected_at: float | None = None
     resolved_at: float | None = None
+    resolved_mono: float | None = None
+    objectives: dict[str, Any] | None = None  # the daemon's incident.objectives_measured
     escalated: str | None = None
     actions: list[str] = field(default_factory=list)
     error: str | None = None
@@ -84,6 +88,9 @@ class FaultRun:
             "detection_s": since(self.detected_at),
             "recovery_s": since(self.resolved_at),
             "rto_s": rto,
+            # The daemon's own measure: detection -> verified healthy (at most recovery_s).
+            "daemon_rto_s": None if self.objectives is None else self.objectives.get("rto_achieved"),
+            "rpo_s": None if self.objectives is None else self.objectives.get("rpo_achieved"),
             "escalated": self.escalated,
             "actions": self.actions,
             "error": self.error,
@@ -116,7 +123,7 @@ class Runner:
         self.outside_failures: list[str] = []
         self.step_keys: dict[str, int] = {}
         self.escalations: list[tuple[str, int | None, str]] = []
-        self.rpo: list[tuple[str, float]] = []
+        self.objectives: dict[int, tuple[str, dict[str, Any]]] = {}  # incident -> (component, data)
         self.incidents: set[int] = set()
         self._abort = asyncio.Event()
         self.store: SQLiteEventStore | None = None
@@ -130,6 +137,17 @@ class Runner:
             return override
         comp = self.config.components.get(component)
         return comp.rto if comp is not None else None
+
+    def rpo(self, component: str, measured: dict[str, Any]) -> tuple[float | None, str]:
+        """The RPO target a measurement is graded against, and where it comes from."""
+        override = self.drill.spec.criteria.rpo.get(component)
+        if override is not None:
+            return override, "the drill's criteria.rpo"
+        target = measured.get("rpo_target")
+        if isinstance(target, int | float):
+            return float(target), "the component's rpo"
+        comp = self.config.components.get(component)
+        return (comp.rpo, "the component's rpo") if comp is not None else (None, "")
 
     async def ask(self, payload: dict[str, Any]) -> dict[str, Any]:
         answer = await asyncio.to_thread(request, socket_path(self.config.state_dir), payload)
@@ -173,9 +191,11 @@ class Runner:
             self.step_keys[key] = self.step_keys.get(key, 0) + 1
         elif rec.type == T.INCIDENT_ESCALATED and comp is not None:
             self.escalations.append((comp, rec.incident, str(rec.data.get("reason"))))
-        if "rpo_achieved" in rec.data and comp is not None:
-            with contextlib.suppress(TypeError, ValueError):
-                self.rpo.append((comp, float(rec.data["rpo_achieved"])))
+        if rec.type == T.OBJECTIVES_MEASURED and rec.incident is not None and comp in self.radius:
+            self.objectives[rec.incident] = (str(comp), dict(rec.data))
+            for run in self.runs:
+                if run.incident == rec.incident:
+                    run.objectives = dict(rec.data)
         if rec.incident is not None and rec.type == T.INCIDENT_DETECTED:
             self.incidents.add(rec.incident)
         for run in self.runs:
@@ -190,6 +210,7 @@ class Runner:
                     run.actions.append(f"{rec.data.get('actuator')}.{rec.data.get('action')}")
                 elif rec.type == T.INCIDENT_RESOLVED:
                     run.resolved_at = rec.ts
+                    run.resolved_mono = time.monotonic()
                     self.out(f"  recovered: {comp} (incident {rec.incident}, event #{rec.position})")
                 elif rec.type == T.INCIDENT_ESCALATED:
                     run.escalated = str(rec.data.get("reason"))
@@ -203,6 +224,11 @@ class Runner:
             for n in names
             if self.state.component(n).health != "healthy"
         ]
+        link = self.state.mqtt
+        if self.config.mqtt is not None and link is not None and link.get("state") != "connected":
+            # The daemon's telemetry link is part of the fleet's steady state (a broker outage ends
+            # when healer is connected again, not when the broker merely listens).
+            problems.append(f"the daemon's MQTT link is {link.get('state')}")
         for check in st.http:
             try:
                 with urllib.request.urlopen(check.url, timeout=2) as resp:  # noqa: S310  http(s) only, validated
@@ -255,6 +281,7 @@ class Runner:
             self.out(f"» steady state does not hold, nothing injected: {reason}")
             return EXIT_INTERRUPTED if self.interrupted else EXIT_NOT_STEADY
         self.out("» steady state holds")
+        await self._platform_checks()
         budget = spec.timeout + 2 * spec.steady_state.timeout + 60
         answer = await self.ask(
             {
@@ -286,7 +313,7 @@ class Runner:
         spec = self.drill.spec
         t0 = time.monotonic()
         deadline = t0 + spec.timeout
-        pending = list(self.runs)
+        pending = [r for r in self.runs if r.status == "pending"]
         while not self._abort.is_set():
             await self.poll()
             if self._abort.is_set():
@@ -323,7 +350,11 @@ class Runner:
             duration = self.drill.spec.faults[run.index].duration
             if run.recovers:
                 if run.resolved_at is not None:
-                    run.status = "settled"
+                    # Graded on the daemon's RPO/RTO measurement: wait for it (it follows at once,
+                    # when the component has targets or a checkpoint was restored).
+                    waited = now - (run.resolved_mono or now)
+                    if run.objectives is not None or waited >= OBJECTIVES_GRACE:
+                        run.status = "settled"
                 elif run.escalated is not None:
                     run.status = "failed"
                     run.error = f"escalated: {run.escalated}"
@@ -331,6 +362,15 @@ class Runner:
                 duration is not None and run.injected_mono is not None and now >= run.injected_mono + duration
             ):
                 run.status = "settled"  # held for its duration; reverted below, now
+
+    async def _platform_checks(self) -> None:
+        # Known before anything is injected: a fault this platform cannot do is skipped up front.
+        for run in self.runs:
+            reason = await asyncio.to_thread(platform_reason, run.fault)
+            if reason is not None:
+                run.status = "skipped"
+                run.skipped_reason = reason
+                self.out(f"» fault {run.index} ({run.kind} on {run.target}) will be SKIPPED: {reason}")
 
     async def _inject(self, run: FaultRun) -> None:
         reason = await asyncio.to_thread(run.fault.unavailable)
@@ -411,20 +451,22 @@ class Runner:
             if run.resolved_at is None:
                 check(f"{label} recovered", False, "healer did not resolve an incident for it")
                 continue
+            # Graded from the injection (the daemon's own RTO starts at detection: reported too).
             took = run.resolved_at - run.injected_at
+            daemon = (run.objectives or {}).get("rto_achieved")
+            theirs = (
+                f"; the daemon measured {daemon:.2f}s from detection"
+                if isinstance(daemon, int | float)
+                else ""
+            )
             rto = self.rto(run.target)
             if rto is None:
-                check(f"{label} RTO", True, f"recovered in {took:.2f}s (no RTO configured)")
+                check(f"{label} RTO", True, f"recovered in {took:.2f}s (no RTO configured){theirs}")
             else:
                 ok = took <= rto
                 verdict = "within" if ok else "exceeds"
-                check(f"{label} RTO", ok, f"recovered in {took:.2f}s, {verdict} the RTO of {rto:g}s")
-        for comp, achieved in self.rpo:
-            target = self.config.components[comp].rpo if comp in self.config.components else None
-            if target is not None:
-                check(f"{comp} RPO", achieved <= target, f"{achieved:.2f}s of state lost, target {target:g}s")
-        if not self.rpo:
-            checks.append({"criterion": "RPO", "passed": None, "detail": "not recorded: no restore happened"})
+                check(f"{label} RTO", ok, f"recovered in {took:.2f}s, {verdict} the RTO of {rto:g}s{theirs}")
+        self._grade_rpo(check, checks)
         dupes = sorted(k for k, n in self.step_keys.items() if n > 1)
         if crit.duplicate_side_effects == "fail" or not dupes:
             check(
@@ -444,10 +486,36 @@ class Runner:
         )
         if self.abort_reason is None:
             check("steady state after", not after, "; ".join(after) or "holds")
+        if self.runs and all(r.status == "skipped" for r in self.runs):
+            # Skipped faults are n/a, not passed: a drill that injected nothing graded nothing.
+            check("something was drilled", False, "every fault was skipped on this machine")
         if self.abort_reason is not None:
             reasons.insert(0, f"aborted: {self.abort_reason}")
             return "aborted", reasons, checks
         return ("failed" if reasons else "passed"), reasons, checks
+
+    def _grade_rpo(self, check: Callable[[str, bool, str], None], checks: list[dict[str, Any]]) -> None:
+        """RPO from the daemon's incident.objectives_measured: the age of the restored checkpoint."""
+        measured: set[str] = set()
+        for incident, (comp, data) in sorted(self.objectives.items()):
+            achieved = data.get("rpo_achieved")
+            if not isinstance(achieved, int | float):
+                continue  # no checkpoint was restored in this incident: no state was lost to measure
+            measured.add(comp)
+            target, source = self.rpo(comp, data)
+            name = f"{comp} RPO (incident {incident})"
+            lost = f"restored a checkpoint {achieved:.2f}s older than the failure"
+            if target is None:
+                checks.append({"criterion": name, "passed": None, "detail": f"{lost}; no RPO target"})
+            else:
+                verdict = "within" if achieved <= target else "exceeds"
+                check(name, achieved <= target, f"{lost}, {verdict} {source} of {target:g}s")
+        for comp in sorted(set(self.drill.spec.criteria.rpo) - measured):
+            check(f"{comp} RPO", False, "the drill sets an RPO target but no checkpoint was restored for it")
+        if not measured and not self.drill.spec.criteria.rpo:
+            checks.append(
+                {"criterion": "RPO", "passed": None, "detail": "not measured: no checkpoint was restored"}
+            )
 
     async def _finish(self, after: list[str], report_dir: Path) -> int:
         verdict, reasons, checks = self.grade(after)
@@ -530,6 +598,9 @@ def dry_run(config: HealerConfig, drill: Drill, out: Callable[[str], None]) -> i
             else f"hold {fs.duration:g}s, then revert"
         )
         out(f"fault {i} at +{fs.after:g}s: {fault.describe()}; {then}")
+        reason = platform_reason(fault)
+        if reason is not None:
+            out(f"  would be SKIPPED on this machine: {reason}")
     out(
         f"timeout {spec.timeout:g}s; escalations expected: "
         f"{', '.join(spec.criteria.expect_escalations) or 'none'}"
@@ -538,6 +609,17 @@ def dry_run(config: HealerConfig, drill: Drill, out: Callable[[str], None]) -> i
         f"would record the drill in {config.state_dir} through the daemon's control socket and write a report"
     )
     return EXIT_PASSED
+
+
+def platform_reason(fault: Any) -> str | None:
+    hook = getattr(type(fault), "platform_unavailable", None)
+    if not callable(hook):
+        return None
+    try:
+        reason = hook(fault.params)
+    except Exception as exc:  # a plugin's broken check must not take the drill down with it
+        return f"its platform check failed: {type(exc).__name__}: {exc}"
+    return None if reason is None else str(reason)
 
 
 def run(config_path: Path, drill_path: Path, *, dry: bool, report_dir: Path | None) -> int:

@@ -73,6 +73,8 @@ class FaultSpec(BaseModel):
 
 class Criteria(_Strict):
     rto: dict[Name, Duration] = Field(default_factory=dict)  # overrides the config's rto
+    # Overrides the config's rpo; naming a component also requires a restore for it to be measured.
+    rpo: dict[Name, Duration] = Field(default_factory=dict)
     expect_escalations: list[Name] = Field(default_factory=list)  # escalations that do not fail
     duplicate_side_effects: Literal["fail", "report"] = "fail"
 
@@ -144,11 +146,11 @@ def validate_drill(doc: YamlDocument, config: HealerConfig, kinds: Mapping[str, 
     for i, comp in enumerate(spec.steady_state.healthy):
         if comp != "*" and comp not in names:
             unknown(("steady_state", "healthy", i), comp)
-    for key in ("rto", "expect_escalations"):
+    for key in ("rto", "rpo", "expect_escalations"):
         value = getattr(spec.criteria, key)
         for i, comp in enumerate(value):
             if comp not in names:
-                unknown(("criteria", key, comp if key == "rto" else i), comp)
+                unknown(("criteria", key, comp if key != "expect_escalations" else i), comp)
     params: list[BaseModel] = []
     for i, fault in enumerate(spec.faults):
         base: Loc = ("faults", i)
