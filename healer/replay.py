@@ -10,7 +10,6 @@ NondeterminismError, for a remediation daemon).
 
 from __future__ import annotations
 
-import gc
 import json
 import sqlite3
 import time
@@ -26,7 +25,7 @@ from healer.fsutil import ensure_private_dir
 from healer.knowledge.events import OBSERVATIONS, Event, RecordedEvent
 from healer.knowledge.events import EventType as T
 from healer.knowledge.projections import FleetState
-from healer.knowledge.store import DB_NAME
+from healer.knowledge.store import DB_NAME, loads, paused_gc
 from healer.loop import Decider
 
 # Only Analyze and Plan make these: one that no earlier event explains is a divergence.
@@ -45,6 +44,12 @@ DECISION_ONLY = frozenset(
         T.SYMPTOM_RELEASED,
     }
 )
+
+
+def executor_written(rec: RecordedEvent) -> bool:
+    """An escalation the Executor records itself (a compensation out of retries, an uncertain
+    recovery) is an input to the loop like a step's outcome, not a decision replay re-makes."""
+    return rec.type == T.INCIDENT_ESCALATED and rec.data.get("by") == "execute"
 
 
 class CannotVerify(HealerError):
@@ -112,11 +117,13 @@ class DecisionWalker:
     (``revisit``). Every root a batch decides is followed by its whole subtree (first in, first
     out) before the next root, as ``ControlLoop._decide`` does.
 
-    Batches and ticks are not logged, so the walker infers them. A run of observations ends at
-    the first event that is not an observation: its ``ts`` is the batch's ``now`` (a decision of
-    the run, or an input of the same batch, are stamped with it). Ticks are tried lazily: an event
-    no earlier event explains is checked against what a tick at its ``ts`` (the tick's ``now``,
-    stamped on its decisions) would decide first.
+    Batches and ticks are not logged, so the walker infers them. The loop stamps every
+    observation with its batch's ``now``, so a run of observations ends at the first event that
+    is not an observation or whose ``ts`` differs (the next batch): a run that decided nothing is
+    told from the next batch's run. The loop checks deadlines at the end of a batch, so a tick
+    never splits a run. Ticks are tried lazily: an event no earlier event explains is checked
+    against what a tick at its ``ts`` (the tick's ``now``, stamped on its decisions) would
+    decide first. An escalation the Executor wrote itself (``by: execute``) is an input.
 
     ``feed`` returns the first divergence; after one, the walker's expectations are no longer
     meaningful and the caller stops.
@@ -134,8 +141,10 @@ class DecisionWalker:
     inputs: int = 0
 
     def feed(self, rec: RecordedEvent) -> Divergence | None:
-        if self._run and rec.type not in OBSERVATIONS:
-            self._decide_run(rec.ts)
+        if self._run and (rec.type not in OBSERVATIONS or rec.ts != self._run[-1].ts):
+            # The run ended: at an event of another kind, or at the next batch (another ``now``:
+            # the loop stamps observations with their batch's). It was decided with its own ts.
+            self._decide_run(self._run[-1].ts)
         if self._expected:
             want, now = self._expected.popleft()
             if not same(want, rec):
@@ -163,7 +172,7 @@ class DecisionWalker:
             self.decisions += 1
             return self._apply(rec, now)
         self._roots = None
-        if rec.type in DECISION_ONLY:
+        if rec.type in DECISION_ONLY and not executor_written(rec):
             if first is not None and (first.type, first.incident) == (rec.type, rec.incident):
                 return self._diverged(rec, first, "a decision made on a deadline tick differs")
             return self._diverged(rec, None, f"{rec.type} is recorded, but no event before it leads to it")
@@ -290,7 +299,6 @@ def log_events(state_dir: Path, page: int = 5000) -> Iterator[RecordedEvent]:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open event store {db}: {exc}") from exc
-    loads = json.loads
     try:
         cur = conn.execute(
             "SELECT position, ts, type, component, incident, data FROM events ORDER BY position"
@@ -321,22 +329,18 @@ def replay(
     walker = DecisionWalker(decider, state) if decider is not None else None
     count = 0
     divergence: Divergence | None = None
-    # The fold allocates millions of objects and frees none that form cycles: the cyclic
-    # collector would re-scan the growing state again and again for nothing (a third of the time).
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for ev in events:
-            count += 1
-            if walker is None:
-                state.apply(ev)
-                continue
-            divergence = walker.feed(ev)
-            if divergence is not None:
-                break
-    finally:
-        if was_enabled:
-            gc.enable()
+    with paused_gc():
+        if walker is None:
+            apply = state.apply
+            for ev in events:
+                count += 1
+                apply(ev)
+        else:
+            for ev in events:
+                count += 1
+                divergence = walker.feed(ev)
+                if divergence is not None:
+                    break
     if walker is not None and divergence is None:
         divergence = walker.finish()
     snapshot_digest = state.digest() if digest else ""
