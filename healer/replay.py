@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from healer.analyze.analyzer import analyze_deadlines
 from healer.errors import HealerError, StoreError
 from healer.fsutil import ensure_private_dir
@@ -299,13 +301,20 @@ def log_events(state_dir: Path, page: int = 5000) -> Iterator[RecordedEvent]:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open event store {db}: {exc}") from exc
+    new = tuple.__new__  # RecordedEvent is a named tuple: skip its __new__'s extra call
+    fast_loads = orjson.loads
     try:
+        # Columns in RecordedEvent's field order.
         cur = conn.execute(
-            "SELECT position, ts, type, component, incident, data FROM events ORDER BY position"
+            "SELECT position, type, ts, component, incident, data FROM events ORDER BY position"
         )
         while rows := cur.fetchmany(page):
             for r in rows:
-                yield RecordedEvent(r[0], r[2], r[1], r[3], r[4], loads(r[5]))
+                try:
+                    data = fast_loads(r[5])
+                except orjson.JSONDecodeError:
+                    data = loads(r[5])
+                yield new(RecordedEvent, (r[0], r[1], r[2], r[3], r[4], data))
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read event store {db}: {exc}") from exc
     finally:

@@ -251,10 +251,12 @@ class FleetState:
 
     def apply(self, ev: RecordedEvent) -> None:
         self.position = ev.position
-        handler = _HANDLERS.get(ev.type)
+        t = ev.type
+        handler = _HANDLERS.get(t)
         if handler is not None:
             handler(self, ev)
-        _analysis_index(self, ev)
+        if t in _INDEXED:  # most events (steps, plans, closings) change nothing Analyze indexes
+            _analysis_index(self, ev)
 
     def _comp(self, ev: RecordedEvent) -> ComponentView:
         assert ev.component is not None
@@ -731,6 +733,12 @@ def _symptom_released(s: FleetState, ev: RecordedEvent) -> None:
 _REPEATS = frozenset({T.PROCESS_EXITED, T.COMPONENT_FAILED, T.AGENT_REPORTED})
 _HEALTH = frozenset({T.COMPONENT_FAILED, T.COMPONENT_RECOVERED})
 _LIFECYCLE = frozenset({T.PROCESS_STARTED, T.PROCESS_ADOPTED, T.PROCESS_EXITED, *_HEALTH})
+
+
+# The event types _analysis_index acts on (it returns at once for any other).
+_INDEXED = frozenset(
+    {*_LIFECYCLE, *_REPEATS, T.INCIDENT_DETECTED, T.INCIDENT_DIAGNOSED, T.BREAKER_TRANSITIONED}
+)
 
 
 def _analysis_index(s: FleetState, ev: RecordedEvent) -> None:

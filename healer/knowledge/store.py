@@ -65,7 +65,10 @@ def bundled_migrations() -> list[Migration]:
 
 
 def _row_to_event(row: Any) -> RecordedEvent:
-    return RecordedEvent(row[0], row[2], row[1], row[3], row[4], loads(row[5]))
+    return _new(RecordedEvent, (row[0], row[2], row[1], row[3], row[4], loads(row[5])))
+
+
+_new = tuple.__new__  # RecordedEvent is a named tuple: skip its __new__'s extra call
 
 
 _DUMP_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
