@@ -135,10 +135,12 @@ class ControlLoop:
             while True:
                 items: list[_Input] = []
                 if inflight is not None:
-                    if self._queue.empty():
+                    first = await self._next_or_committed(inflight)
+                    if first is None:
                         await self._finish(inflight)
                         inflight = None
                         continue
+                    items.append(first)
                 elif self.degraded is None:
                     items.append(await self._queue.get())
                 else:
@@ -167,6 +169,23 @@ class ControlLoop:
                 # Cancelled with an append queued: the writer still commits it (as a cancelled
                 # await of ``append`` always did); only its result goes unread.
                 inflight.commit.add_done_callback(_retrieve)
+
+    async def _next_or_committed(self, inflight: _Batch) -> _Input | None:
+        """The next input if one comes before ``inflight`` is durable (to decide meanwhile);
+        None once it is."""
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        if inflight.commit is None or inflight.commit.done():
+            return None
+        getter = asyncio.ensure_future(self._queue.get())
+        try:
+            await asyncio.wait((getter, inflight.commit), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getter.done():
+                getter.cancel()  # a cancelled get() takes nothing from the queue
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        return None
 
     def _start_append(self, batch: _Batch) -> asyncio.Future[list[RecordedEvent]] | None:
         if not batch.decided:
