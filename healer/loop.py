@@ -3,8 +3,10 @@
 Every input (an observation, a step's intent or outcome, a deadline tick) goes through one
 queue. For each, the pure stages decide follow-up events against the snapshot; the whole
 batch is appended in one transaction; only then are actions dispatched. Because this loop is
-the store's only writer, positions are known before the append and the snapshot is never
-ahead of the log for longer than one batch (a failed append rebuilds it from the log).
+the store's only writer, positions are known before the append. The next batch is decided
+while the previous one commits, so the snapshot may be ahead of the log by two batches, never
+for longer than a commit; nothing is acted on before its batch is durable, and a failed append
+rebuilds the snapshot from the log.
 """
 
 from __future__ import annotations
