@@ -8,7 +8,8 @@ kept in ``--db`` for later runs. Rows, side by side in one run (best of R):
 
 * **read + JSON only** — sqlite3 rows and the store's JSON decoding (orjson), nothing applied:
   the floor;
-* **rebuild_state** — the daemon's start-up fold (aiosqlite pages, ``FleetState.apply``);
+* **rebuild_state** — the daemon's start-up fold (aiosqlite pages, ``FleetState.apply``, the
+  collector paused);
 * **replay in memory** — ``healer.replay.replay`` folding ``log_events`` (plain sqlite3 pages,
   the cyclic garbage collector paused during the fold);
 * **replay into a scratch store** — what ``healer replay`` does: that fold plus every projection
@@ -159,7 +160,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, took in (
         ("read + JSON only (floor)", floor_s),
-        ("rebuild_state (the daemon's start-up fold: aiosqlite, GC on)", fold_s),
+        ("rebuild_state (the daemon's start-up fold: aiosqlite pages, GC paused)", fold_s),
         ("replay, projections in memory (sqlite3 pages, GC paused)", mem_s),
         ("replay into a scratch store (`healer replay`)", scratch_s),
         ("replay --verify (Analyze + Plan re-run)", verify_s),
