@@ -194,12 +194,6 @@ class ControlLoop:
             return None
         return asyncio.ensure_future(self.store.append(batch.decided))
 
-    async def _process(self, items: list[_Input]) -> None:
-        """Decide, record and act on one batch (no pipelining)."""
-        batch = self._prepare(items)
-        batch.commit = self._start_append(batch)
-        await self._finish(batch)
-
     def _prepare(self, items: list[_Input]) -> _Batch:
         """Decide one batch against the snapshot, applying every event to it (no I/O)."""
         now = self.clock.wall()

@@ -113,7 +113,7 @@ def normalised(ev: Event | RecordedEvent, position: int | None = None) -> dict[s
 class DecisionWalker:
     """Folds the log into a snapshot while re-deciding every decision the loop made.
 
-    It mirrors ``ControlLoop._process``: a run of observations is applied, then decided on at
+    It mirrors ``ControlLoop._prepare``: a run of observations is applied, then decided on at
     once (``Decider.observed``); any other input is decided on by itself (``follow_ups``); a tick
     decides deadlines (``analyze_deadlines``) and then each incident ``Decider.due`` returns
     (``revisit``). Every root a batch decides is followed by its whole subtree (first in, first
@@ -192,7 +192,7 @@ class DecisionWalker:
         self._roots, self._roots_from, self._roots_now = roots, source, now
 
     def _tick_roots(self, now: float) -> Iterator[Event]:
-        """What ``ControlLoop._process`` decides on a tick, lazily, in the loop's order."""
+        """What ``ControlLoop._prepare`` decides on a tick, lazily, in the loop's order."""
         yield from analyze_deadlines(self.state, now, self.decider.context())
         for iid in self.decider.due(self.state, now):
             yield from self.decider.revisit(self.state, iid, now)
