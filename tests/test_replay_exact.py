@@ -221,3 +221,37 @@ def test_the_fast_digest_is_the_snapshot_digest(tmp_path: Path) -> None:
     assert checked > 10 and state.incidents and any(i.actions for i in state.incidents.values())
     state.learned_edges.append(("agent-a", "agent-b"))
     assert state.digest() == state.slow_digest()
+
+
+def test_detection_time_still_counts_from_when_the_failure_was_seen(tmp_path: Path) -> None:
+    """The observation is recorded at its batch's ``now``; the detection metric measures from
+    ``observed_at``, when the Monitor saw it (here 0.3 s earlier: a backed-up queue)."""
+    from healer.metrics import Metrics
+
+    metrics = Metrics()
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "default.yaml").write_text(POLICY)
+    (tmp_path / "healer.yaml").write_text(CONFIG)
+
+    async def run() -> None:
+        clock = ManualClock(T0)
+        store = await SQLiteEventStore.open(tmp_path / "state")
+        loop = ControlLoop(store, FleetState(), _decider(tmp_path), clock, metrics.on_recorded)
+        task = asyncio.create_task(loop.run())
+        try:
+            await _healthy_fleet(loop, clock)
+            clock.advance(5.0)
+            seen = clock.wall() - 0.3
+            loop.submit(Event(T.PROCESS_EXITED, seen, "agent-b", None, {"pid": 200, "signal": "SIGKILL"}))
+            await loop.flush()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await store.close()
+
+    asyncio.run(run())
+    exited = next(r for r in log_events(tmp_path / "state") if r.type == T.PROCESS_EXITED)
+    assert exited.ts == T0 + 5.0 and exited.data["observed_at"] == T0 + 4.7
+    total = metrics.registry.get_sample_value("healer_detection_seconds_sum", {"failure_class": "crash"})
+    count = metrics.registry.get_sample_value("healer_detection_seconds_count", {"failure_class": "crash"})
+    assert count == 1 and total is not None and abs(total - 0.3) < 1e-6
