@@ -6,8 +6,10 @@ The log is generated once through the real ControlLoop and SQLite store (bench/f
 crash and hang incidents across 1,000 components, each remediated, verified and resolved) and
 kept in ``--db`` for later runs. Rows, side by side in one run (best of R):
 
-* **read + JSON only** — sqlite3 rows and ``json.loads``, nothing applied: the floor;
-* **rebuild_state** — the daemon's start-up fold (aiosqlite pages, ``FleetState.apply``);
+* **read + JSON only** — sqlite3 rows and the store's JSON decoding (orjson), nothing applied:
+  the floor;
+* **rebuild_state** — the daemon's start-up fold (aiosqlite pages, ``FleetState.apply``, the
+  collector paused);
 * **replay in memory** — ``healer.replay.replay`` folding ``log_events`` (plain sqlite3 pages,
   the cyclic garbage collector paused during the fold);
 * **replay into a scratch store** — what ``healer replay`` does: that fold plus every projection
@@ -15,7 +17,8 @@ kept in ``--db`` for later runs. Rows, side by side in one run (best of R):
 * **replay --verify** — the fold plus Analyze and Plan re-run on every event and every decision
   compared with the recorded one;
 * **FleetState.digest()** — the snapshot digest of the result, which the daemon computes at every
-  start and stop (``dataclasses.asdict`` of the whole state).
+  start and stop, next to ``slow_digest()`` (the same bytes through ``snapshot()``, i.e.
+  ``dataclasses.asdict`` of the whole state, which is what it cost before).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.fleetgen import Fleet, decider, startup
 from healer.clock import SystemClock
 from healer.knowledge.projections import FleetState
-from healer.knowledge.store import DB_NAME, SQLiteEventStore, rebuild_state
+from healer.knowledge.store import DB_NAME, SQLiteEventStore, loads, rebuild_state
 from healer.loop import ControlLoop
 from healer.replay import log_events, replay
 
@@ -83,7 +86,7 @@ def read_only(db: Path) -> int:
     for row in conn.execute(
         "SELECT position, ts, type, component, incident, data FROM events ORDER BY position"
     ):
-        json.loads(row[5])
+        loads(row[5])
         n += 1
     conn.close()
     return n
@@ -143,6 +146,8 @@ def main() -> None:
 
     assert isinstance(folded, FleetState)
     digest_s, digest = best(1, folded.digest)
+    slow_s, slow = best(1, folded.slow_digest)
+    assert slow == digest
     assert report is not None and report.rows["fleet.incidents"] == len(folded.incidents)  # type: ignore[attr-defined]
     assert verified is not None and verified.verified, verified.divergence  # type: ignore[attr-defined]
     incidents = len(folded.incidents)
@@ -155,11 +160,12 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, took in (
         ("read + JSON only (floor)", floor_s),
-        ("rebuild_state (the daemon's start-up fold: aiosqlite, GC on)", fold_s),
+        ("rebuild_state (the daemon's start-up fold: aiosqlite pages, GC paused)", fold_s),
         ("replay, projections in memory (sqlite3 pages, GC paused)", mem_s),
         ("replay into a scratch store (`healer replay`)", scratch_s),
         ("replay --verify (Analyze + Plan re-run)", verify_s),
         ("FleetState.digest() of the result (daemon start/stop)", digest_s),
+        ("FleetState.slow_digest() (through snapshot(): the digest before)", slow_s),
     ):
         print(f"| {name} | {took:.2f} | {n / took:,.0f} | {took / 10:.2f}x | {took / floor_s:.2f}x |")
     print(

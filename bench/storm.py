@@ -198,8 +198,10 @@ async def pipeline_once(
                 gc_spent[0] += time.perf_counter() - gc_started[0]
 
         try:
-            # The daemon's snapshot is old: collected and promoted long before a storm comes.
+            # The daemon's snapshot is old: collected, and frozen out of the collector's passes
+            # as the daemon does once start-up is done (healer/daemon.py: gc.freeze()).
             gc.collect()
+            gc.freeze()
             gc.callbacks.append(on_gc)
             now = time.time()
             cpu_start = time.process_time()
@@ -212,6 +214,7 @@ async def pipeline_once(
             gc.callbacks.remove(on_gc)
             recorded = await store.read()
         finally:
+            gc.unfreeze()
             if on_gc in gc.callbacks:
                 gc.callbacks.remove(on_gc)
             task.cancel()

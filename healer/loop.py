@@ -3,8 +3,10 @@
 Every input (an observation, a step's intent or outcome, a deadline tick) goes through one
 queue. For each, the pure stages decide follow-up events against the snapshot; the whole
 batch is appended in one transaction; only then are actions dispatched. Because this loop is
-the store's only writer, positions are known before the append and the snapshot is never
-ahead of the log for longer than one batch (a failed append rebuilds it from the log).
+the store's only writer, positions are known before the append. The next batch is decided
+while the previous one commits, so the snapshot may be ahead of the log by two batches, never
+for longer than a commit; nothing is acted on before its batch is durable, and a failed append
+rebuilds the snapshot from the log.
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ class _Input:
 
 
 @dataclass
+class _Batch:
+    items: list[_Input]
+    decided: list[RecordedEvent]
+    replies: list[tuple[asyncio.Future[RecordedEvent | None], int | None]]
+    commit: asyncio.Future[list[RecordedEvent]] | None = None
+
+
+@dataclass
 class Decider:
     """The pure part: given the snapshot and one event, what follows."""
 
@@ -66,6 +76,7 @@ class Decider:
 
     def revisit(self, state: FleetState, incident: int, now: float) -> list[Event]:
         return revisit(state, incident, self.policies, now, self.labels)
+
     def observed(self, state: FleetState, recs: list[RecordedEvent], now: float) -> list[Event]:
         """Follow-ups of a run of observations, all applied: one root-cause traversal for all."""
         return analyze_batch(state, recs, now, self.context())
@@ -117,69 +128,140 @@ class ControlLoop:
 
     # -- the loop -----------------------------------------------------------------------------
     async def run(self) -> None:
-        while True:
-            items: list[_Input] = []
-            if self.degraded is None:
-                items.append(await self._queue.get())
-            else:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.retry_interval):
-                        items.append(await self._queue.get())
-                items[:0] = self._held
-                self._held.clear()
-            while len(items) < self.max_batch and not self._queue.empty():
-                items.append(self._queue.get_nowait())
-            if items:
-                await self._process(items)
+        # The batch whose append is in flight. The next batch is decided (in memory, CPU) while
+        # the writer commits it (fsync, in SQLite's thread); the next append is issued, and
+        # anything of either batch acted on, only once it is durable: a failed commit rebuilds
+        # the snapshot from the log and holds the inputs of both.
+        inflight: _Batch | None = None
+        try:
+            while True:
+                items: list[_Input] = []
+                if inflight is not None:
+                    first = await self._next_or_committed(inflight)
+                    if first is None:
+                        await self._finish(inflight)
+                        inflight = None
+                        continue
+                    items.append(first)
+                elif self.degraded is None:
+                    items.append(await self._queue.get())
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.retry_interval):
+                            items.append(await self._queue.get())
+                    items[:0] = self._held
+                    self._held.clear()
+                while len(items) < self.max_batch and not self._queue.empty():
+                    items.append(self._queue.get_nowait())
+                if not items:
+                    continue
+                batch = self._prepare(items)
+                if inflight is not None:
+                    ok = await self._finish(inflight, batch)
+                    inflight = None
+                    if not ok:
+                        continue  # ``batch`` was decided on a snapshot that is gone: it is held
+                batch.commit = self._start_append(batch)
+                if self.degraded is not None:
+                    await self._finish(batch)  # no pipelining while the store is in trouble
+                else:
+                    inflight = batch
+        finally:
+            if inflight is not None and inflight.commit is not None:
+                # Cancelled with an append queued: the writer still commits it (as a cancelled
+                # await of ``append`` always did); only its result goes unread.
+                inflight.commit.add_done_callback(_retrieve)
 
-    async def _process(self, items: list[_Input]) -> None:
+    async def _next_or_committed(self, inflight: _Batch) -> _Input | None:
+        """The next input if one comes before ``inflight`` is durable (to decide meanwhile);
+        None once it is."""
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        if inflight.commit is None or inflight.commit.done():
+            return None
+        getter = asyncio.ensure_future(self._queue.get())
+        try:
+            await asyncio.wait((getter, inflight.commit), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getter.done():
+                getter.cancel()  # a cancelled get() takes nothing from the queue
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        return None
+
+    def _start_append(self, batch: _Batch) -> asyncio.Future[list[RecordedEvent]] | None:
+        if not batch.decided:
+            return None
+        return asyncio.ensure_future(self.store.append(batch.decided))
+
+    def _prepare(self, items: list[_Input]) -> _Batch:
+        """Decide one batch against the snapshot, applying every event to it (no I/O)."""
         now = self.clock.wall()
         decided: list[RecordedEvent] = []
         replies: list[tuple[asyncio.Future[RecordedEvent | None], int | None]] = []
-        run: list[Event] = []  # consecutive observations, analysed together
+        run: list[RecordedEvent] = []  # consecutive observations, applied, analysed together
+        tick = False
         for item in items:
-            plain = item.event is not None and item.reply is None and item.precondition is None
-            if plain and item.event is not None and item.event.type in OBSERVATIONS:
-                run.append(item.event)
-                continue
-            if run:
-                self._observe(run, now, decided)
-                run = []
-            if item.event is None:
-                roots = analyze_deadlines(self.state, now, self.decider.context())
-                for ev in roots:
-                    self._decide(ev, now, decided)
-                # One waiting incident at a time, each against the state the previous one left:
-                # a freed budget slot goes to exactly one waiter.
-                for iid in self.decider.due(self.state, now):
-                    for ev in self.decider.revisit(self.state, iid, now):
-                        self._decide(ev, now, decided)
+            ev = item.event
+            if ev is None:
+                # Deadlines are checked once, after everything else in the batch (same ``now``):
+                # a tick in the middle would split a run of observations where the log cannot
+                # show it, and replay could not re-derive the split.
+                tick = True
                 if item.reply is not None:
                     replies.append((item.reply, None))
                 continue
+            observation = ev.type in OBSERVATIONS
+            if run and (not observation or item.precondition is not None):
+                self._conclude(run, now, decided)  # the run's decisions come before this input
+                run = []
             if item.precondition is not None and not item.precondition(self.state):
                 if item.reply is not None:
                     replies.append((item.reply, None))
                 continue
             index = len(decided)
-            if item.event.type in OBSERVATIONS:
-                self._observe([item.event], now, decided)
+            if observation:
+                run.append(self._apply(_stamped(ev, now), decided))
             else:
-                self._decide(item.event, now, decided)
+                self._decide(ev, now, decided)
             if item.reply is not None:
                 replies.append((item.reply, index))
         if run:
-            self._observe(run, now, decided)
-        if decided:
+            self._conclude(run, now, decided)
+        if tick:
+            for root in analyze_deadlines(self.state, now, self.decider.context()):
+                self._decide(root, now, decided)
+            # One waiting incident at a time, each against the state the previous one left:
+            # a freed budget slot goes to exactly one waiter.
+            for iid in self.decider.due(self.state, now):
+                for root in self.decider.revisit(self.state, iid, now):
+                    self._decide(root, now, decided)
+        return _Batch(items, decided, replies)
+
+    async def _finish(self, batch: _Batch, after: _Batch | None = None) -> bool:
+        """Wait for ``batch`` to be durable, then act on it. On a store error the snapshot is
+        rebuilt from the log, and ``batch`` and ``after`` (decided on top of it) are held."""
+        decided = batch.decided
+        if batch.commit is not None:
             try:
-                recorded = await self.store.append([_unrecord(r) for r in decided])
-                if [r.position for r in recorded] != [r.position for r in decided]:
+                recorded = await batch.commit
+                if len(recorded) != len(decided) or (
+                    recorded
+                    and (recorded[0].position, recorded[-1].position)
+                    != (decided[0].position, decided[-1].position)
+                ):
                     raise StoreError("event positions diverged: another writer is appending to this store")
             except StoreError as exc:
-                await self._store_failed(exc, items, replies, len(decided))
-                return
+                items, replies = list(batch.items), list(batch.replies)
+                count = len(decided)
+                if after is not None:
+                    items += after.items
+                    replies += after.replies
+                    count += len(after.decided)
+                await self._store_failed(exc, items, replies, count)
+                return False
             if self.degraded is not None:
-                log.warning("event store writable again; %d held observation(s) recorded", len(items))
+                log.warning("event store writable again; %d held observation(s) recorded", len(batch.items))
                 self.degraded = None
                 self.on_store_health(None)
         for rec in decided:
@@ -187,9 +269,10 @@ class ControlLoop:
                 self.on_recorded(rec)
             except Exception:  # a reporting bug must not stop the loop
                 log.exception("handler for %s failed", rec.type)
-        for fut, at in replies:
+        for fut, at in batch.replies:
             if not fut.done():
                 fut.set_result(decided[at] if at is not None else None)
+        return True
 
     async def _store_failed(
         self,
@@ -228,13 +311,15 @@ class ControlLoop:
                 self._held.append(item)
         if first:
             self.on_store_health(exc)
-    def _observe(self, events: list[Event], now: float, out: list[RecordedEvent]) -> None:
-        recs = [self._apply(ev, out) for ev in events]
-        for ev in self.decider.observed(self.state, recs, now):
+
+    def _conclude(self, run: list[RecordedEvent], now: float, out: list[RecordedEvent]) -> None:
+        """A run of observations, all applied, ends: decide on it at once."""
+        for ev in self.decider.observed(self.state, run, now):
             self._decide(ev, now, out)
 
     def _apply(self, ev: Event, out: list[RecordedEvent]) -> RecordedEvent:
-        rec = RecordedEvent(self.state.position + 1, ev.type, ev.ts, ev.component, ev.incident, dict(ev.data))
+        # Inputs' data is copied on the way in, decisions' is theirs: no copy here.
+        rec = RecordedEvent(self.state.position + 1, ev.type, ev.ts, ev.component, ev.incident, ev.data)
         self.state.apply(rec)
         out.append(rec)
         return rec
@@ -242,23 +327,29 @@ class ControlLoop:
     def _decide(self, event: Event, now: float, out: list[RecordedEvent]) -> None:
         # The input is stamped with the batch's ``now``: every event's ``ts`` is the time its
         # decisions were made with, so replay re-derives ``now`` from the log alone, exactly.
-        pending = [Event(event.type, now, event.component, event.incident, event.data)]
+        pending = deque([Event(event.type, now, event.component, event.incident, dict(event.data))])
+        follow_ups = self.decider.follow_ups
         while pending:
-            ev = pending.pop(0)
-            rec = RecordedEvent(
-                self.state.position + 1, ev.type, ev.ts, ev.component, ev.incident, dict(ev.data)
-            )
-            self.state.apply(rec)
-            out.append(rec)
-            pending.extend(self.decider.follow_ups(self.state, rec, now))
+            rec = self._apply(pending.popleft(), out)
+            pending.extend(follow_ups(self.state, rec, now))
 
     async def _rebuild(self) -> None:
         fresh = await rebuild_state(self.store)
         self.state.__dict__.update(fresh.__dict__)
 
 
-def _unrecord(rec: RecordedEvent) -> Event:
-    return Event(rec.type, rec.ts, rec.component, rec.incident, rec.data)
+def _stamped(ev: Event, now: float) -> Event:
+    """An observation as recorded: ``ts`` is its batch's ``now`` (what its decisions were made
+    with); when it was seen, if that differs, goes along as ``observed_at`` (detection metrics)."""
+    data = dict(ev.data)  # the caller's: recorded as it is now
+    if ev.ts != now:
+        data.setdefault("observed_at", ev.ts)
+    return Event(ev.type, now, ev.component, ev.incident, data)
+
+
+def _retrieve(fut: asyncio.Future[list[RecordedEvent]]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def decider_for(config: HealerConfig, policies: PolicySet, taxonomy: Taxonomy) -> Decider:

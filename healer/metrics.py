@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
 APPEND_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
-_ONSET_KEYS = ("since", "failing_since", "onset")
+_ONSET_KEYS = ("since", "failing_since", "onset", "observed_at")
 _BREAKER_STATES = {"opened": "open", "half_opened": "half-open", "closed": "closed"}
 
 
@@ -218,7 +218,7 @@ class _TimedStore:
         self._inner = inner
         self._metrics = metrics
 
-    async def append(self, events: Sequence[Event]) -> list[RecordedEvent]:
+    async def append(self, events: Sequence[Event | RecordedEvent]) -> list[RecordedEvent]:
         t0 = time.perf_counter()
         out = await self._inner.append(events)
         self._metrics.append_seconds.observe(time.perf_counter() - t0)

@@ -212,7 +212,7 @@ def analyze_deadlines(state: FleetState, now: float, ctx: AnalysisContext | None
             T.SYMPTOM_RELEASED,
             comp,
             sv.incidents[-1] if sv.incidents else None,
-            {"outcome": "still_failing" if still else "recovered", "roots": sv.roots, "reason": reason},
+            {"outcome": "still_failing" if still else "recovered", "roots": list(sv.roots), "reason": reason},
         )
         run.released.add(comp)
         if still:
@@ -396,7 +396,7 @@ class _Analysis:
                 sv.incidents[-1] if sv.incidents else None,
                 {
                     "outcome": "recovered",
-                    "roots": sv.roots,
+                    "roots": list(sv.roots),
                     "cause": rec.position,
                     "reason": f"{comp} recovered without action ({where})",
                 },
@@ -467,7 +467,7 @@ class _Analysis:
                 name,
                 inc.id,
                 {
-                    "roots": sv.roots,
+                    "roots": list(sv.roots),
                     "settle_until": self.now + settle_s,
                     "settle_s": settle_s,
                     "reason": f"{inc.component} recovered: {name} is re-evaluated in {settle_s:g}s",
@@ -491,8 +491,7 @@ class _Analysis:
                     break
             if comp in reported or comp in s.failing or comp in s.open_breakers_on:
                 new.append(comp)
-        merges = self._merge_candidates()
-        if not new and not merges:
+        if not new and not self._any_merge_candidate():
             return
         failed = set(s.failing)
         failed.update(c for c, i in s.active_incident.items() if i not in self.closed)
@@ -501,7 +500,7 @@ class _Analysis:
         failed.update(reported)
         graph = self.graph()
         result = graph.analyze(failed)
-        merges = [x for x in merges if x in result.symptoms]
+        merges = self._merges(result)
 
         # Agent-reported conditions are the agent's own: never a symptom of anything.
         roots = sorted(c for c in new if c in reported or c in result.roots)
@@ -534,9 +533,14 @@ class _Analysis:
         ]
         for x in existing:
             attached[x] = self._targets(result.symptoms[x])
+        # Each new root's group, in one pass over the new symptoms (not one per root: a storm
+        # of unrelated failures has a thousand roots).
+        groups: dict[str, list[str]] = {}
+        for x in sorted({*symptoms, *merges}):
+            for root in result.symptoms[x]:
+                groups.setdefault(root, []).append(x)
         for comp in roots:
-            group = sorted(x for x in (*symptoms, *merges) if comp in result.symptoms[x])
-            self._open_incident(comp, reported.get(comp), group, graph, result, failed)
+            self._open_incident(comp, reported.get(comp), groups.get(comp, []), graph, result, failed)
         for x in merges:
             ids, _ = attached[x]
             open_ids = [i for i in ids if self.is_open(i)]
@@ -569,16 +573,22 @@ class _Analysis:
         for comp, pending in sorted(self.late.items()):
             self._suppress_late(comp, pending, failed)
 
-    def _merge_candidates(self) -> list[str]:
-        """Open incidents that the traversal may turn into symptoms (not agent reports)."""
-        if not self.triggers:
-            return []
-        return [
-            x
-            for x, iid in sorted(self.s.active_incident.items())
-            if iid not in self.closed
-            and self.s.incidents[iid].evidence.get("observation") != T.AGENT_REPORTED
-        ]
+    def _mergeable(self, iid: int) -> bool:
+        """An open incident the traversal may turn into a symptom (not an agent report)."""
+        if iid in self.closed:
+            return False
+        return self.s.incidents[iid].evidence.get("observation") != T.AGENT_REPORTED
+
+    def _any_merge_candidate(self) -> bool:
+        return bool(self.triggers) and any(self._mergeable(i) for i in self.s.active_incident.values())
+
+    def _merges(self, result: RootCauseResult) -> list[str]:
+        """Open incidents whose component the traversal found to be a symptom: looked up from
+        the symptoms (few), not by scanning every open incident on every batch."""
+        active = self.s.active_incident
+        return sorted(
+            x for x in result.symptoms if (iid := active.get(x)) is not None and self._mergeable(iid)
+        )
 
     def _targets(self, roots: frozenset[str]) -> tuple[list[int], float | None]:
         """The incidents a symptom of ``roots`` joins, and its settle deadline if none is open."""

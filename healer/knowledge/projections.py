@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any
 
 from healer.knowledge.events import EventType as T
@@ -254,10 +254,12 @@ class FleetState:
 
     def apply(self, ev: RecordedEvent) -> None:
         self.position = ev.position
-        handler = _HANDLERS.get(ev.type)
+        t = ev.type
+        handler = _HANDLERS.get(t)
         if handler is not None:
             handler(self, ev)
-        _analysis_index(self, ev)
+        if t in _INDEXED:  # most events (steps, plans, closings) change nothing Analyze indexes
+            _analysis_index(self, ev)
 
     def _comp(self, ev: RecordedEvent) -> ComponentView:
         assert ev.component is not None
@@ -287,8 +289,34 @@ class FleetState:
         }
 
     def digest(self) -> str:
+        """sha256 of ``snapshot()`` as sorted JSON, without building it: the encoder walks the
+        views through their ``__dict__`` (same fields, same bytes) instead of ``asdict``'s deep
+        copy, which made the digest cost as much as the fold itself."""
+        doc = {
+            "components": dict(sorted(self.components.items())),
+            "incidents": {str(k): v for k, v in sorted(self.incidents.items())},
+            "active_incident": dict(sorted(self.active_incident.items())),
+            "next_incident": self.next_incident,
+            "approvals": {str(k): v for k, v in sorted(self.approvals.items())},
+            "silences": {str(k): v for k, v in sorted(self.silences.items())},
+            "next_approval": self.next_approval,
+            "next_silence": self.next_silence,
+            "plan_times": self.plan_times,
+            "symptoms": dict(sorted(self.symptoms.items())),
+            "learned_edges": self.learned_edges,
+            "drills": {str(k): v for k, v in sorted(self.drills.items())},
+        }
+        blob = json.dumps(doc, sort_keys=True, default=_plain).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def slow_digest(self) -> str:
+        """The digest from ``snapshot()`` itself (what ``digest`` must always equal)."""
         blob = json.dumps(self.snapshot(), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()
+
+
+def _plain(obj: Any) -> Any:
+    return vars(obj) if is_dataclass(obj) and not isinstance(obj, type) else str(obj)
 
 
 def _process_started(s: FleetState, ev: RecordedEvent) -> None:
@@ -745,6 +773,12 @@ def _symptom_released(s: FleetState, ev: RecordedEvent) -> None:
 _REPEATS = frozenset({T.PROCESS_EXITED, T.COMPONENT_FAILED, T.AGENT_REPORTED})
 _HEALTH = frozenset({T.COMPONENT_FAILED, T.COMPONENT_RECOVERED})
 _LIFECYCLE = frozenset({T.PROCESS_STARTED, T.PROCESS_ADOPTED, T.PROCESS_EXITED, *_HEALTH})
+
+
+# The event types _analysis_index acts on (it returns at once for any other).
+_INDEXED = frozenset(
+    {*_LIFECYCLE, *_REPEATS, T.INCIDENT_DETECTED, T.INCIDENT_DIAGNOSED, T.BREAKER_TRANSITIONED}
+)
 
 
 def _analysis_index(s: FleetState, ev: RecordedEvent) -> None:

@@ -23,6 +23,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -467,8 +468,8 @@ class PolicySet:
     maintenance: tuple[MaintenanceWindow, ...] = ()
     installed: frozenset[str] | None = field(default=None, compare=False)
 
-    @property
-    def hash(self) -> str:
+    @cached_property
+    def hash(self) -> str:  # read by every decision: computed once (the set is immutable)
         blob = json.dumps(sorted(self.files.items())).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

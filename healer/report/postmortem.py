@@ -155,7 +155,7 @@ def _first(events: Sequence[RecordedEvent], etype: str) -> RecordedEvent | None:
 
 
 def _closing(events: Sequence[RecordedEvent]) -> RecordedEvent | None:
-    for ev in reversed(events):
+    for ev in events[::-1]:
         if ev.type in (T.INCIDENT_RESOLVED, T.INCIDENT_ESCALATED):
             return ev
     return None
