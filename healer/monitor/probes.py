@@ -156,7 +156,8 @@ class HttpProbe:
     written and the answer read without a task, a stream or a timeout object, so the
     scheduler checks it inline (:class:`NowaitProbe`) and a thousand a second stay cheap.
     ``https://`` goes through asyncio's TLS streams and h11. Redirects are not followed and
-    proxies are not used.
+    proxies are not used. Checked inline, a response not there at once is read one scheduler
+    tick later (5-20 ms): ``elapsed_ms`` is then an upper bound.
     """
 
     class Params(_Params):
@@ -516,7 +517,9 @@ class TcpProbe:
 
     A bare non-blocking socket, no stream: a probe only needs the handshake. An address given
     as a number is used as is; a name is resolved (asynchronously) once, and again after a
-    failure.
+    failure. ``connect_ms`` is when the probe saw the connection established: checked inline,
+    a handshake still in flight is looked at again one scheduler tick later (5-20 ms), so it
+    is an upper bound.
     """
 
     class Params(_Params):

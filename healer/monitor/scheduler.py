@@ -8,8 +8,8 @@ Event-driven results (a pidfd exit, an MQTT last will) are pushed in through the
 context and recorded at once, without waiting for the probe's next turn.
 
 One driver task, not one task per probe: the probes wait in a heap ordered by their next
-check, the driver wakes when the earliest is due (at most once per ``TICK`` unless woken) and
-runs everything due in one batch. A probe that can answer without waiting
+check, the driver wakes when the earliest is due (at most once per tick, 5-20 ms) and runs
+everything due in one batch. A probe that can answer without waiting
 (:class:`~healer.monitor.probes.NowaitProbe`: a ``stat``, a ``/proc`` read, a non-blocking
 connect) is checked inline, with no task and no timeout object, since nothing in it can
 suspend for a timeout to interrupt. A probe whose answer is not there yet is polled once more
@@ -43,10 +43,14 @@ log = logging.getLogger(__name__)
 
 # After a (re)start a probe looks this often until it is conclusive, so recovery is seen fast.
 STARTUP_INTERVAL = 0.2
-# The driver wakes at most this often (pushed results do not wait for it): checks due within
-# one tick run as one batch, at most this late. A thousand probes a second then cost ~200
-# wake-ups instead of a thousand task switches.
-TICK = 0.005
+# The driver wakes at most once per tick (pushed results do not wait for it): checks due within
+# one tick run as one batch, at most one tick late, and an answer that was not there at once is
+# read one tick later. The tick is 1/50 of the shortest probe interval, within these bounds: a
+# thousand probes at 1 s then cost 50 wake-ups a second instead of a thousand task switches
+# (each wake-up of the driver costs about as much as a few checks), and no probe runs more than
+# 2 % of its interval late unless its interval is below a quarter second.
+MIN_TICK = 0.005
+MAX_TICK = 0.02
 
 
 @dataclass(eq=False)
@@ -197,6 +201,8 @@ class Monitor:
             health = self.components[name] = ComponentHealth(name, runners)
             for runner in runners:
                 runner.component = health
+        intervals = [r.spec.interval for c in self.components.values() for r in c.runners]
+        self.tick = min(MAX_TICK, max(MIN_TICK, min(intervals, default=1.0) / 50))
         self._heap: list[tuple[float, int, ProbeRunner]] = []
         self._seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -216,7 +222,7 @@ class Monitor:
         try:
             while True:
                 due = self._heap[0][0] if self._heap else now + 3600.0
-                at = max(due, last + TICK)
+                at = max(due, last + self.tick)
                 if at > loop.time():
                     await self._sleep_until(loop, at)
                 now = last = loop.time()
@@ -283,7 +289,7 @@ class Monitor:
             return
         # Not answered yet (a connect in flight): look again a tick later, then wait for it.
         runner.started = now
-        self._schedule(runner, now + min(TICK, runner.spec.timeout / 2))
+        self._schedule(runner, now + min(self.tick, runner.spec.timeout / 2))
 
     def _poll(self, runner: ProbeRunner, now: float) -> None:
         assert runner.nowait is not None and runner.started is not None
@@ -291,6 +297,7 @@ class Monitor:
         try:
             result = runner.nowait()
         except Exception as exc:
+            _abandon(runner.probe)  # whatever it had in flight is in an unknown state
             self._finish(runner, before, self._raised(runner, exc))
             return
         if result is not None:
@@ -327,6 +334,8 @@ class Monitor:
                 _abandon(runner.probe)  # its check may span calls: end it here
             result = self._timed_out(runner)
         else:
+            if runner.nowait is not None:
+                _abandon(runner.probe)
             result = self._raised(runner, failure)
         self._finish(runner, before, result)
 
