@@ -81,6 +81,25 @@ async def serve(spec: dict[str, Any]) -> None:
         await asyncio.sleep(0.5)
 
 
+# -- baseline: a bare subscriber process on healer's MQTT stack (python bench/probe_load.py --watch P) --
+async def watch(port: int) -> None:
+    """Print ``agent wall-time`` for every last will, as an otherwise idle aiomqtt client sees it.
+
+    The same client library and event loop as healer, doing nothing else: the difference between
+    its arrival times and healer's observations is what healer's own work adds.
+    """
+    import aiomqtt
+
+    async with aiomqtt.Client("127.0.0.1", port, identifier="bench-will-baseline") as client:
+        await client.subscribe("healer/agents/+/status", qos=1)
+        print("ready", flush=True)
+        async for msg in client.messages:
+            now = time.time()
+            payload = msg.payload if isinstance(msg.payload, bytes) else b""
+            if b'"last_will"' in payload and not msg.retain:
+                print(str(msg.topic).split("/")[2], now, flush=True)
+
+
 # -- will agents: raw MQTT connections whose socket can be dropped without a DISCONNECT --------------
 def _s(b: bytes) -> bytes:
     return len(b).to_bytes(2, "big") + b
@@ -144,11 +163,12 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[k]
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the process, all threads."""
     import psutil
 
     t = psutil.Process(pid).cpu_times()
-    return float(t.user + t.system)
+    return float(t.user), float(t.system)
 
 
 def run_queue_wait(pid: int) -> float:
@@ -180,9 +200,13 @@ def main() -> int:
     ap.add_argument("--mix", default="http=0.4,tcp=0.3,file=0.2,mqtt=0.1", help="share of each probe kind")
     ap.add_argument("--profile", type=Path, default=None, help="run the daemon under cProfile, stats here")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
+    ap.add_argument("--watch", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         asyncio.run(serve(json.loads(args.serve)))
+        return 0
+    if args.watch:
+        asyncio.run(watch(args.watch))
         return 0
 
     from tests.broker import Broker
@@ -269,6 +293,19 @@ def main() -> int:
     sub.subscribe("healer/agents/+/status", qos=1)
     sub.loop_start()
 
+    baseline: dict[str, list[float]] = {}
+    watcher = subprocess.Popen([PY, __file__, "--watch", str(broker.port)], stdout=subprocess.PIPE, text=True)
+    assert watcher.stdout is not None and watcher.stdout.readline().strip() == "ready"
+
+    def read_baseline() -> None:
+        assert watcher.stdout is not None
+        for line in watcher.stdout:
+            agent, _, at = line.strip().partition(" ")
+            with lock:
+                baseline.setdefault(agent, []).append(float(at))
+
+    threading.Thread(target=read_baseline, daemon=True).start()
+
     log = (tmp / "daemon.log").open("wb")
     argv = [PY, "-m", "healer", "run", "-c", str(cfg)]
     if args.profile:
@@ -298,6 +335,8 @@ def main() -> int:
         rss_max = 0
         observed: list[float] = []
         durable: list[float] = []
+        bare: list[float] = []  # will -> the idle baseline subscriber
+        added: list[float] = []  # healer's observation - the baseline's arrival, per will
         samples: list[dict[str, Any]] = []
         next_will = wall0
         turn = 0
@@ -318,6 +357,7 @@ def main() -> int:
                 before = query(db, "SELECT MAX(position) FROM events")[0][0]
                 with lock:
                     seen = len(arrivals.get(w.name, []))
+                    seen_bare = len(baseline.get(w.name, []))
                 w.drop()
                 row: list[tuple[Any, ...]] = []
                 limit = time.monotonic() + 2
@@ -338,10 +378,27 @@ def main() -> int:
                     if got:
                         break
                     time.sleep(0.002)
-                if row and got:
+                limit = time.monotonic() + 2
+                while time.monotonic() < limit:
+                    with lock:
+                        got_bare = baseline.get(w.name, [])[seen_bare:]
+                    if got_bare:
+                        break
+                    time.sleep(0.002)
+                if row and got and got_bare:
                     observed.append((row[0][0] - got[0]) * 1000)
                     durable.append((visible - got[0]) * 1000)
-                    samples.append({"at": got[0], "agent": w.name, "observed_ms": observed[-1]})
+                    bare.append((got_bare[0] - got[0]) * 1000)
+                    added.append((row[0][0] - got_bare[0]) * 1000)
+                    samples.append(
+                        {
+                            "at": got[0],
+                            "agent": w.name,
+                            "observed_ms": observed[-1],
+                            "baseline_ms": bare[-1],
+                            "added_ms": added[-1],
+                        }
+                    )
                 pending_reconnect.append((time.monotonic() + 0.5, w))
             time.sleep(0.01)
         wall1 = time.monotonic()
@@ -364,9 +421,12 @@ def main() -> int:
             rc = "killed after 60 s"
         stop_s = time.monotonic() - stop_at
         targets.kill()
+        watcher.kill()
         sub.loop_stop()
         broker.kill()
-    cpu_pct = 100 * (cpu1 - cpu0) / (wall1 - wall0)
+    user_pct = 100 * (cpu1[0] - cpu0[0]) / (wall1 - wall0)
+    sys_pct = 100 * (cpu1[1] - cpu0[1]) / (wall1 - wall0)
+    cpu_pct = user_pct + sys_pct
     queued = 100 * (wait1 - wait0) / (wall1 - wall0)
     load = os.getloadavg()
 
@@ -382,10 +442,13 @@ def main() -> int:
         "| metric | result | goal |",
         "| --- | --- | --- |",
         f"| healer CPU, % of one core | {cpu_pct:.1f} % | <= 5 % |",
+        f"| of which user / kernel (system) | {user_pct:.1f} % / {sys_pct:.1f} % | |",
         f"| healer peak RSS (VmHWM, whole run) | {hwm / 1024:.1f} MB | <= 120 MB |",
         f"| healer max RSS sampled in the window | {rss_max / 1024:.1f} MB | |",
         f"| last will -> observation (event ts), p50 / p99 / max | {dist(observed)} | p99 <= 20 ms |",
         f"| last will -> durable row seen (2 ms polling), p50 / p99 / max | {dist(durable)} | |",
+        f"| baseline: last will -> an idle aiomqtt subscriber process, p50 / p99 / max | {dist(bare)} | |",
+        f"| healer's share: observation - baseline arrival, p50 / p99 / max | {dist(added)} | |",
         f"| last-will samples | {len(observed)} | |",
         f"| unexpected component failures (probes that fell behind) | {sum(unexpected.values())} | 0 |",
         f"| daemon exit on SIGTERM | {rc} after {stop_s:.1f} s | 0 |",

@@ -200,7 +200,7 @@ class MqttConfig(_Strict):
     topic_prefix: str = "healer"
     outbox_size: int = Field(default=10_000, ge=1, le=10_000_000)  # buffered while the broker is down
     max_payload: pydantic.ByteSize = Field(default=pydantic.ByteSize(65_536), ge=64)
-    incoming_queue: int = Field(default=10_000, ge=1)
+    incoming_queue: int = Field(default=10_000, ge=1)  # no effect: messages are handled as read
     connect_timeout: Duration = 5.0
     reconnect_min: Duration = 0.2
     reconnect_max: Duration = 10.0

@@ -132,6 +132,29 @@ def test_last_will_of_a_sigkilled_agent_fails_its_probe_within_100ms(
         sub.close()
 
 
+def test_an_agent_heard_only_through_its_retained_online_status_is_healthy(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """An agent that said ``online`` (retained) before healer connected and does not
+    heart-beat is alive until max_age passes: its status counts from healer's connection."""
+    import paho.mqtt.client as mqtt
+
+    from healer.agent import protocol
+
+    agent = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="quiet-agent")
+    agent.connect(broker.host, broker.port)
+    agent.loop_start()
+    try:
+        topic = protocol.agent_topic("healer", "agent-q", "status")
+        agent.publish(topic, protocol.status_payload("online"), qos=1, retain=True).wait_for_publish(5)
+        cfg = write_config(tmp_path, mqtt_component("agent-q", max_age="30s"), extra=mqtt_section(broker))
+        with running_daemon(cfg) as d:
+            wait_for(lambda: is_healthy(d.state_dir, "agent-q"), what="agent-q healthy from its status")
+    finally:
+        agent.loop_stop()
+        agent.disconnect()
+
+
 def test_a_stale_heartbeat_fails_the_probe(tmp_path: Path, broker: Broker, agents: Spawn) -> None:
     cfg = write_config(tmp_path, mqtt_component("agent-s", max_age="1s"), extra=mqtt_section(broker))
     with running_daemon(cfg) as d:

@@ -5,6 +5,7 @@ an RSS threshold, one a zombie, one found by cmdline and killed)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -155,6 +156,148 @@ async def test_http_keeps_its_connection_alive_and_survives_a_dropped_one(ctx: C
     finally:
         server.shutdown()
         server.server_close()
+
+
+class CannedServer:
+    """A real listening socket that answers every request with the next canned byte string,
+    possibly in pieces with pauses between them (so a reader sees partial responses)."""
+
+    def __init__(self, answers: list[list[bytes]]) -> None:
+        self.answers = answers
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while self.answers:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn, contextlib.suppress(OSError):  # the client may drop (reset) a connection
+                while self.answers:
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+                    if not data:
+                        break
+                    pieces = self.answers.pop(0)
+                    for piece in pieces:
+                        conn.sendall(piece)
+                        time.sleep(0.02)
+                    if pieces and pieces[-1].endswith(b"<close>"):
+                        break
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+KEEP = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+
+
+@pytest.mark.parametrize(
+    ("pieces", "ok", "status", "reused"),
+    [
+        # Content-Length, sent in pieces: the reader waits for the whole body.
+        ([b"HTTP/1.1 200 OK\r\nConte", b"nt-Length: 5\r\n\r\nhe", b"llo"], True, 200, True),
+        # Interim 100 Continue, then chunked with an extension and trailers.
+        (
+            [
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"3;x=y\r\nhel\r\n2\r\nlo\r\n0\r\nX-T: 1\r\n\r\n",
+            ],
+            True,
+            200,
+            True,
+        ),
+        # No length: the body runs until the server closes; the connection is not reused.
+        ([b"HTTP/1.0 200 OK\r\n\r\nhello<close>"], True, 200, False),
+        # Connection: close is honoured; a 503 fails with its status.
+        ([b"HTTP/1.1 503 Busy\r\nConnection: close\r\nContent-Length: 4\r\n\r\nbusy"], False, 503, False),
+        # Not HTTP at all.
+        ([b"SSH-2.0-OpenSSH\r\n\r\n"], False, None, False),
+        # A body far past the limit: judged on its first 64 KiB, connection dropped.
+        ([b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\nhello" + b"x" * 199_995], True, 200, False),
+    ],
+)
+async def test_http_reads_what_real_servers_send(
+    ctx: Ctx, pieces: list[bytes], ok: bool, status: int | None, reused: bool
+) -> None:
+    server = CannedServer([pieces, [KEEP]])
+    try:
+        p = probe("http", ctx, url=f"http://127.0.0.1:{server.port}/h", body_contains="he" if ok else None)
+        async with asyncio.timeout(10):
+            first = await p.check()
+        assert first.ok is ok, first.detail
+        assert first.values.get("status") == status
+        if status is None:
+            assert first.values["error"] == "HttpProtocolError"
+        async with asyncio.timeout(10):
+            second = await p.check()
+        assert second.ok is True, second.detail
+        assert server.connections == (1 if reused else 2)
+        p.close()
+    finally:
+        server.close()
+
+
+async def test_http_and_tcp_answer_without_waiting_once_the_peer_has(ctx: Ctx) -> None:
+    """The scheduler's inline path: check_nowait() begins, later calls finish, never blocking."""
+    server = CannedServer([[KEEP], [KEEP]])
+    try:
+        for kind, params in (
+            ("http", {"url": f"http://127.0.0.1:{server.port}/"}),
+            ("tcp", {"host": "127.0.0.1", "port": server.port}),
+        ):
+            p = probe(kind, ctx, **params)
+            for _ in range(2):
+                result = p.check_nowait()
+                deadline = time.monotonic() + 5
+                while result is None and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)
+                    result = p.check_nowait()
+                assert result is not None and result.ok is True, (kind, result)
+            p.close()
+    finally:
+        server.close()
+
+
+def full_backlog_listener() -> tuple[socket.socket, list[socket.socket]]:
+    """A loopback port whose accept queue is full: a new connect hangs in SYN_SENT."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(8):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        fillers.append(s)
+    time.sleep(0.05)
+    return listener, fillers
+
+
+async def test_tcp_connect_that_hangs_is_cut_by_the_timeout_and_abandoned(ctx: Ctx) -> None:
+    listener, fillers = full_backlog_listener()
+    try:
+        p = probe("tcp", ctx, host="127.0.0.1", port=listener.getsockname()[1])
+        assert p.check_nowait() is None, "a connect to a full accept queue cannot complete at once"
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await p.check()
+        assert p._pending is None, "the abandoned connect's socket is closed"
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
 
 
 # -- tcp -------------------------------------------------------------------------------------------

@@ -58,9 +58,48 @@ class SteadyProbe:
         return ProbeResult(True, "fine")
 
 
+class NowaitScript:
+    """A probe on the scheduler's inline path: ``pending`` polls say "not yet" before it answers."""
+
+    answer: Any = True  # True / False, or "hang": never answers, and check() never returns
+    pending = 0  # polls that answer None before the answer
+    nowait_calls = 0
+    awaited = 0
+    closed = 0
+
+
+class NowaitProbe:
+    class Params(BaseModel):
+        pass
+
+    def __init__(self, params: Params, ctx: ProbeContext) -> None:
+        self.left = NowaitScript.pending
+
+    def check_nowait(self) -> ProbeResult | None:
+        NowaitScript.nowait_calls += 1
+        if NowaitScript.answer == "hang":
+            return None
+        if self.left > 0:
+            self.left -= 1
+            return None
+        self.left = NowaitScript.pending
+        return ProbeResult(NowaitScript.answer, f"nowait {NowaitScript.answer}")
+
+    async def check(self) -> ProbeResult:
+        NowaitScript.awaited += 1
+        while (result := self.check_nowait()) is None:
+            await asyncio.sleep(0.005)
+        return result
+
+    def close(self) -> None:
+        NowaitScript.closed += 1
+
+
 @pytest.fixture(autouse=True)
 def _reset_script() -> None:
     Script.answer, Script.calls, Script.ctx = True, 0, None
+    NowaitScript.answer, NowaitScript.pending = True, 0
+    NowaitScript.nowait_calls = NowaitScript.awaited = NowaitScript.closed = 0
 
 
 @pytest.fixture
@@ -83,7 +122,8 @@ async def run_monitor(tmp_path: Path) -> AsyncIterator[Any]:
             got.append(ev)
             arrived.set()
 
-        registry = ProbeRegistry({"scripted": ScriptedProbe, "steady": SteadyProbe})
+        kinds = {"scripted": ScriptedProbe, "steady": SteadyProbe, "nowait": NowaitProbe}
+        registry = ProbeRegistry({**kinds, "tcp": ProbeRegistry.discover().kinds["tcp"]})
         supervisor = Supervisor({}, tmp_path / "logs", lambda *a: None)
         monitor = Monitor(cfg, registry, supervisor, emit, SystemClock(), http)
         tasks.append(asyncio.create_task(monitor.run()))
@@ -188,3 +228,47 @@ async def test_a_hung_check_times_out_as_a_failure(run_monitor: Any) -> None:
     failed = await next_event(got, arrived, 2)
     assert failed.type == T.COMPONENT_FAILED
     assert failed.data["probes"]["scripted#0"]["detail"] == "timed out after 0.05s"
+
+
+async def test_inline_probes_answer_without_a_task_and_keep_their_hysteresis(run_monitor: Any) -> None:
+    got, arrived = run_monitor([{"type": "nowait", "interval": "20ms", "failure_threshold": 2}])
+    assert (await next_event(got, arrived, 1)).type == T.COMPONENT_RECOVERED
+    NowaitScript.answer = False
+    failed = await next_event(got, arrived, 2)
+    assert failed.type == T.COMPONENT_FAILED and failed.data["probes"]["nowait#0"]["detail"] == "nowait False"
+    assert NowaitScript.awaited == 0, "answered at once: never awaited"
+
+
+async def test_an_answer_not_there_yet_is_polled_then_awaited_within_the_timeout(run_monitor: Any) -> None:
+    # Four "not yet"s: the scheduler polls once more, then awaits check() for the rest.
+    NowaitScript.pending = 4
+    got, arrived = run_monitor([{"type": "nowait", "interval": "20ms", "timeout": "1s"}])
+    assert (await next_event(got, arrived, 1)).type == T.COMPONENT_RECOVERED
+    assert NowaitScript.awaited >= 1
+
+
+async def test_an_inline_probe_that_never_answers_times_out_and_is_abandoned(run_monitor: Any) -> None:
+    got, arrived = run_monitor([{"type": "nowait", "interval": "20ms", "timeout": "60ms"}])
+    assert (await next_event(got, arrived, 1)).type == T.COMPONENT_RECOVERED
+    NowaitScript.answer = "hang"
+    failed = await next_event(got, arrived, 2)
+    assert failed.type == T.COMPONENT_FAILED
+    assert failed.data["probes"]["nowait#0"]["detail"] == "timed out after 0.06s"
+    assert NowaitScript.closed >= 1, "the check in flight was abandoned through close()"
+
+
+async def test_a_real_tcp_connect_that_hangs_fails_by_timeout(run_monitor: Any) -> None:
+    from tests.test_probes import full_backlog_listener
+
+    listener, fillers = full_backlog_listener()
+    try:
+        port = listener.getsockname()[1]
+        probe = {"type": "tcp", "host": "127.0.0.1", "port": port, "interval": "50ms", "timeout": "100ms"}
+        got, arrived = run_monitor([{**probe, "failure_threshold": 1}])
+        failed = await next_event(got, arrived, 1)
+        assert failed.type == T.COMPONENT_FAILED
+        assert failed.data["probes"]["tcp#0"]["detail"] == "timed out after 0.1s"
+    finally:
+        for sock in fillers:
+            sock.close()
+        listener.close()

@@ -4,8 +4,9 @@
 
 * ``mqtt:connection`` connects, subscribes to ``P/agents/#`` and publishes healer's retained
   ``online`` status (with a retained ``offline`` last will, so a fleet sees healer die), then
-  runs a session of three loops: ``mqtt:receive`` hands each message to the
-  :class:`~healer.monitor.telemetry.TelemetryRouter`, ``mqtt:publish`` drains the outbox,
+  runs a session of three loops: ``mqtt:receive`` ends the session when the link dies (each
+  message is handed to the :class:`~healer.monitor.telemetry.TelemetryRouter` the moment it
+  is read, see ``_handled_on_arrival``), ``mqtt:publish`` drains the outbox,
   ``mqtt:stop-watch`` ends the session cleanly on shutdown. When the link drops (aiomqtt
   2.x never reconnects by itself) it records ``mqtt.disconnected`` once, and reconnects with
   jittered exponential backoff, re-subscribing every time.
@@ -26,7 +27,7 @@ import logging
 import os
 import ssl
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiomqtt
@@ -237,6 +238,7 @@ class MqttLink:
             timeout=cfg.connect_timeout,
             clean_session=True,
             max_queued_incoming_messages=cfg.incoming_queue,
+            queue_type=_handled_on_arrival(self._on_message),
             logger=self._client_log,
         )
         async with contextlib.AsyncExitStack() as stack:
@@ -244,6 +246,9 @@ class MqttLink:
             # state); this outer bound also covers the TCP/TLS connect and the subscribe.
             async with asyncio.timeout(2 * cfg.connect_timeout):
                 await stack.enter_async_context(client)
+                # Before subscribing: retained statuses are handled the moment they arrive,
+                # and ages count from the connection, so they must not predate it.
+                self.book.set_connected(True)
                 await client.subscribe(protocol.agents_filter(cfg.topic_prefix), qos=1)
                 online = protocol.status_payload(
                     "online", pid=os.getpid(), version=__version__, ts=self.clock.wall(), **self.status
@@ -255,7 +260,12 @@ class MqttLink:
                 tg.create_task(self._publish(client), name="mqtt:publish")
                 tg.create_task(self._stop_watch(client), name="mqtt:stop-watch")
 
+    def _on_message(self, msg: aiomqtt.Message) -> None:
+        self.router.handle(str(msg.topic), _as_bytes(msg.payload))
+
     async def _receive(self, client: aiomqtt.Client) -> None:
+        # Messages are handled as they are read (``_handled_on_arrival``); this loop is there to
+        # end the session when the link dies, which ends the client's message iterator.
         messages = client.messages
         bound = max(2.0 * self.cfg.keepalive, 1.0)
         while True:
@@ -264,7 +274,7 @@ class MqttLink:
                     msg = await anext(messages)
             except TimeoutError:
                 continue  # quiet fleet; a dead link ends the iterator (keepalive) instead
-            self.router.handle(str(msg.topic), _as_bytes(msg.payload))
+            self._on_message(msg)  # only if a message was queued after all
 
     async def _publish(self, client: aiomqtt.Client) -> None:
         while True:
@@ -292,7 +302,6 @@ class MqttLink:
         self.connected = True
         self._established = True
         self.sessions += 1
-        self.book.set_connected(True)
         down = self.clock.monotonic() - self._down_since if self._down_since is not None else None
         self._down_since = self._down_logged = None
         if down is not None:
@@ -330,6 +339,23 @@ class MqttLink:
             data["reason"] = reason[:200]
         kind = T.MQTT_CONNECTED if state == "connected" else T.MQTT_DISCONNECTED
         self.emit(Event(kind, self.clock.wall(), data=data))
+
+
+def _handled_on_arrival(handle: Callable[[aiomqtt.Message], None]) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """An incoming-message "queue" for aiomqtt that hands each message on the moment it is put.
+
+    aiomqtt puts every message in its queue from the socket's read callback, on the event loop;
+    reading it back through ``client.messages`` costs a task and an ``asyncio.wait`` per
+    message and two more trips through the loop's ready queue, each behind whatever else is
+    ready (a last will waited behind probe checks). ``TelemetryRouter.handle`` is synchronous
+    and never raises, so it runs right there instead; nothing queues, nothing can overflow.
+    """
+
+    class HandledOnArrival(asyncio.Queue[aiomqtt.Message]):
+        def put_nowait(self, item: aiomqtt.Message) -> None:
+            handle(item)
+
+    return HandledOnArrival
 
 
 def _tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
