@@ -9,6 +9,8 @@ import socket
 import time
 from pathlib import Path
 
+import psutil
+
 from tests.helpers import (
     agent_component,
     component_pid,
@@ -223,6 +225,9 @@ def test_sigterm_during_an_action_records_it_interrupted_and_the_next_run_finish
             pid, signal.SIGSTOP
         )  # a hang: healer restarts it; the stop waits on a process ignoring SIGTERM
         wait_for(lambda: events(state, "step.started"), what="restart under way")
+        # The intent is durable a moment before the actuator runs; the stop's SIGCONT is the
+        # sign it is running (SIGTERM is ignored), so the SIGTERM below lands mid-action.
+        wait_for(lambda: psutil.Process(pid).status() != psutil.STATUS_STOPPED, what="actuator called")
         t0 = time.monotonic()
         assert d.stop(signal.SIGTERM) == 0
         assert time.monotonic() - t0 < 10, "shutdown is bounded by shutdown_timeout, not the action"
