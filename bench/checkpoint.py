@@ -6,9 +6,9 @@ Two pairs, side by side in one run, best of ``--runs`` each (a fresh random stat
 content addressing must not dedupe the benchmark away):
 
 - **in memory** (the headline): the copy is shutil.copyfile + fsync of the destination + reading
-  it back; the checkpoint is AgentState.save (bytes in memory: hashed once while written, fsync,
-  manifest, HEAD) + CheckpointStore.verify (streamed re-hash) + AgentState.load (read back,
-  re-hashed).
+  it back; the checkpoint is AgentState.save (bytes in memory: sha256 name and BLAKE3 check
+  taken while written, fsync, manifest, HEAD) + CheckpointStore.verify (streamed re-hash) +
+  AgentState.load (read back, re-hashed).
 - **file to file**: the copy is shutil.copyfile + fsync; the checkpoint is AgentState.save_file
   (kernel copy, hash of the copy) + verify + AgentState.load_into (kernel copy next to the
   destination, hash of the copy, fsync, rename).

@@ -1,17 +1,20 @@
-"""The checkpoint store's I/O paths on real files: one-pass hashing on save, kernel copies on
-save_file / export, streamed verification, and what each does with a corrupt blob."""
+"""The checkpoint store's I/O paths on real files: both digests taken on save, kernel copies on
+save_file / export, streamed verification, and what each does with a corrupt blob (and with a
+manifest from before the BLAKE3 check existed)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 from pathlib import Path
 
+import blake3
 import pytest
 
 from healer.agent.state import AgentState
-from healer.dr.store import CheckpointStore, CorruptCheckpoint, _copy_fd
+from healer.dr.store import CheckpointStore, CorruptCheckpoint, _copy_fd, _hash_fd
 
 
 def flip(path: Path, at: int = 0) -> None:
@@ -54,6 +57,55 @@ def test_save_file_and_export_copy_in_the_kernel_and_check_the_copy(tmp_path: Pa
     assert [p.name for p in tmp_path.iterdir() if ".restore-" in p.name] == []
     assert store.verify(cp) is not None  # streamed re-hash finds it too, and marks it
     assert store.corrupt_reason(cp) is not None
+
+
+def test_the_manifest_records_both_digests_of_the_stored_bytes(tmp_path: Path) -> None:
+    """The sha256 names the blob, the BLAKE3 checks it: both of exactly the bytes stored, on both
+    save paths, and in the manifest file (what a restarted daemon reads back)."""
+    store = CheckpointStore(tmp_path / "cp")
+    data = os.urandom(5 * (1 << 20) + 7)
+    src = tmp_path / "state.bin"
+    src.write_bytes(data)
+    for cp in (store.save("a", data), store.save_file("a", src)):
+        assert cp.sha256 == hashlib.sha256(data).hexdigest()
+        assert cp.blake3 == blake3.blake3(data).hexdigest()
+        assert store.get("a", cp.seq) == cp  # as parsed back from the manifest on disk
+    fd = os.open(store.blob_path(cp.sha256), os.O_RDONLY)
+    try:
+        assert _hash_fd(fd, sha=True, b3=True) == (cp.sha256, cp.blake3, len(data))
+    finally:
+        os.close(fd)
+
+
+def test_a_flipped_byte_anywhere_fails_the_blake3_check_on_every_path(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "cp")
+    data = os.urandom(3 << 20)
+    for i, at in enumerate((0, (1 << 20) + 5, len(data) - 1)):  # first chunk, a middle one, the last byte
+        cp = store.save(f"a{i}", data + bytes([i]))  # its own blob each time
+        flip(store.blob_path(cp.sha256), at)
+        with pytest.raises(CorruptCheckpoint, match=r"blake3 .* does not match"):
+            store.read(cp)
+        with pytest.raises(CorruptCheckpoint, match="blake3"):
+            store.export(cp, tmp_path / f"out{i}")
+        assert "blake3" in str(store.verify(cp))
+
+
+def test_a_manifest_from_before_blake3_is_checked_by_its_sha256(tmp_path: Path) -> None:
+    """A state directory written by an older healer (manifests without ``blake3``) keeps working:
+    its checkpoints restore, and corruption in them is still caught, by the sha256."""
+    store = CheckpointStore(tmp_path / "cp")
+    cp = store.save("a", b"old state" * 1000)
+    manifest = store.agent_dir("a") / f"{cp.seq:012d}.json"
+    doc = json.loads(manifest.read_text())
+    del doc["blake3"]
+    manifest.write_text(json.dumps(doc))
+    old = store.get("a", cp.seq)
+    assert old.blake3 is None
+    assert store.read(old) == b"old state" * 1000 and store.verify(old) is None
+    flip(store.blob_path(old.sha256), 10)
+    with pytest.raises(CorruptCheckpoint, match=r"sha256 .* does not match"):
+        store.read(old)
+    assert "sha256" in str(store.verify(old))
 
 
 def test_read_rejects_a_blob_that_grew_or_shrank(tmp_path: Path) -> None:

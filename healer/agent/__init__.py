@@ -1,6 +1,6 @@
 """The library agents import to be watched by healer.
 
-Light on purpose: the standard library and aiomqtt (pybreaker only if you use
+Light on purpose: the standard library, aiomqtt and blake3 (pybreaker only if you use
 :meth:`AgentLink.circuit_breaker`). See ``docs/telemetry.md`` for the wire protocol.
 """
 
