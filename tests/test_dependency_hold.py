@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import pytest
 
+from healer.analyze import analyzer
 from healer.config import ComponentConfig, ProbeConfig, detection_time
 from healer.knowledge.events import EventType as T
-from tests.analysis_fleet import Fleet, process
+from healer.knowledge.events import RecordedEvent
+from tests.analysis_fleet import Fleet, http, process
 
 AGENTS = ("agent-1", "agent-2")
 FLEET = {"vector-db": [], **{a: ["vector-db"] for a in AGENTS}}
@@ -146,3 +148,43 @@ def test_detection_time_is_the_slowest_probe_worst_case() -> None:
     # and the next starts an interval after it ended.
     assert detection_time(comp) == pytest.approx(max(2 * 0.9, 3 * 1.5))
     assert detection_time(ComponentConfig()) == 0.0
+
+
+# -- classification memoised per evidence signature (one batch) ----------------------------------
+
+
+def _mixed_storm() -> list[RecordedEvent]:
+    """One batch: the same evidence on two hosts whose peers differ (partition vs hang), crashes,
+    stopped processes, and components without a host."""
+    hosts = {**{f"a{i}": "host-a" for i in range(6)}, **{f"b{i}": "host-b" for i in range(3)}}
+    comps: dict[str, list[str]] = {**{n: [] for n in hosts}, "ext1": [], "ext2": []}
+    supervised = list(hosts)
+    f = Fleet(comps, supervised=supervised, hosts=hosts)
+    for i, c in enumerate(supervised):
+        f.observe(f.started(c, 100 + i))
+        f.observe(f.healthy(c, **{"process#1": process("passing", "sleeping", 100 + i)}))
+    f.observe(f.healthy("ext1"), f.healthy("ext2"))
+    unreachable = {"http#0": http("failing"), "process#1": process("passing", "sleeping")}
+    stopped = {"http#0": http("failing"), "process#1": process("passing", "stopped")}
+    return f.observe(
+        f.failed("a0", **unreachable),
+        *(f.failed(f"b{i}", **unreachable) for i in range(3)),
+        f.failed("a1", **stopped),
+        f.exited("a2", 102),
+        f.failed("a2", **{"process#1": process("failing", "sleeping")}),
+        f.failed("ext1"),
+        f.failed("ext2"),
+    )
+
+
+def test_memoised_classification_decides_exactly_as_classifying_each_component(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    memoised = _mixed_storm()
+    classes = {r.component: r.data["failure_class"] for r in memoised if r.type == T.INCIDENT_DIAGNOSED}
+    # Same evidence, different hosts: peers tell a partition (host-a answers) from a hang (all of
+    # host-b fails) -- the peer facts are not in the memo's key, so it must not share the answer.
+    assert classes["a0"] == "network_partition" and classes["b0"] == "hang"
+    assert classes["a1"] == "hang" and classes["a2"] == "crash" and classes["ext1"] == "unhealthy"
+    monkeypatch.setattr(analyzer, "_signature_key", lambda _names, _facts: None)
+    assert _mixed_storm() == memoised
