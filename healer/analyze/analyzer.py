@@ -830,7 +830,9 @@ class _Analysis:
         deps = sorted(graph.dependencies(comp) & failed) if comp in graph else []
         observation, cause = self.triggers.get(comp, (None, None))
         lazy = self._facts(comp, observation, deps, result, failed)
-        match = self._classify(comp, lazy)
+        # Not memoised: each symptom names its own failing dependencies (a key per symptom), and
+        # the taxonomy's failing-dependency signature comes early.
+        match = lazy.classify(self.tax)
         evidence = _evidence(lazy.computed())
         if match is not None:
             evidence["signature"] = match.signature.id
