@@ -114,6 +114,18 @@ def component_probes(comp: ComponentConfig) -> list[tuple[str, ProbeConfig]]:
     return [(s.name or f"{s.type}#{i}", s) for i, s in enumerate(specs)]
 
 
+def detection_time(comp: ComponentConfig) -> float:
+    """The longest the Monitor can take to report a failure of ``comp``: over its probes, the
+    worst case of ``failure_threshold`` consecutive failed checks. Each failed check of an
+    unresponsive target runs for its ``timeout`` and the next starts ``interval`` (+ up to
+    ``jitter``) after it ends (the scheduler schedules from the end of a check), so one check
+    costs up to ``interval + jitter + timeout``. 0 for a component without probes."""
+    return max(
+        (s.failure_threshold * (s.interval + s.jitter + s.timeout) for _, s in component_probes(comp)),
+        default=0.0,
+    )
+
+
 class StoreConfig(_Strict):
     # FULL fsyncs every batch commit: an acknowledged event survives power loss, not just a crash.
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
@@ -219,6 +231,11 @@ class AnalysisConfig(_Strict):
     # After a root cause recovers, its symptoms get this long to recover on their own before
     # any that still fail are diagnosed (and remediated) on their own.
     settle_time: Duration = 5.0
+    # A dependent whose probes fail (its process alive) while a dependency still looks healthy
+    # waits for the dependency's probes to notice (their worst-case detection time, see
+    # detection_time) before it is diagnosed on its own, so the dependency's failure, if that is
+    # what it is, makes it a symptom instead of a root. At most this long; 0 disables the wait.
+    max_dependency_hold: Duration = 30.0
 
 
 class DrConfig(_Strict):

@@ -170,7 +170,10 @@ class Daemon:
                     inc = state.incidents.get(rec.incident or 0)
                     timeout = float(((inc.plan if inc else None) or {}).get("verify_timeout", 30))
                     asyncio.get_running_loop().call_later(timeout + 0.01, loop.tick)
-                elif rec.type == T.SYMPTOM_SETTLING:
+                elif rec.type == T.SYMPTOM_SETTLING or (
+                    rec.type == T.SYMPTOM_SUPPRESSED and rec.data.get("settle_until") is not None
+                ):
+                    # A settling or late symptom (a hold-down) is decided again at its deadline.
                     wait = float(rec.data.get("settle_until", 0)) - self.clock.wall()
                     asyncio.get_running_loop().call_later(max(wait, 0) + 0.01, loop.tick)
                 self._arm_waits(rec, state, loop)
@@ -234,6 +237,7 @@ class Daemon:
                 link = MqttLink.from_config(cfg, loop.submit, self.clock)
             telemetry = link.book if link is not None else None
             monitor = Monitor(cfg, registry, supervisor, loop.submit, self.clock, http, telemetry)
+            loop.wake_probes = monitor.wake_component
             services = ActuatorServices(
                 supervisor,
                 cfg.state_dir,

@@ -24,6 +24,7 @@ from healer.clock import Clock
 from healer.config import HealerConfig
 from healer.errors import StoreError
 from healer.knowledge.events import OBSERVATIONS, Event, RecordedEvent
+from healer.knowledge.events import EventType as T
 from healer.knowledge.projections import FleetState
 from healer.knowledge.store import EventStore, rebuild_state
 from healer.plan.planner import due, plan, revisit
@@ -98,6 +99,9 @@ class ControlLoop:
     max_held: int = 100_000
     retry_interval: float = 1.0
     degraded: StoreError | None = None
+    # Check a component's probes now (the Monitor's): called, once recorded, for the dependencies
+    # a hold-down waits on, so their verdict comes at their next check rather than their turn.
+    wake_probes: Callable[[str], None] | None = None
     dropped_while_degraded: int = 0
     _held: deque[_Input] = field(default_factory=deque)
     _last_complaint: float = float("-inf")
@@ -264,9 +268,13 @@ class ControlLoop:
                 log.warning("event store writable again; %d held observation(s) recorded", len(batch.items))
                 self.degraded = None
                 self.on_store_health(None)
+        wake = self.wake_probes
         for rec in decided:
             try:
                 self.on_recorded(rec)
+                if wake is not None and rec.type == T.SYMPTOM_SUPPRESSED and "wake" in rec.data:
+                    for dependency in rec.data["wake"]:
+                        wake(dependency)
             except Exception:  # a reporting bug must not stop the loop
                 log.exception("handler for %s failed", rec.type)
         for fut, at in batch.replies:

@@ -38,6 +38,8 @@ class Fleet:
         hosts: Mapping[str, str] | None = None,
         settle: float = 5.0,
         start: float = 1_000.0,
+        detection: Mapping[str, float] | None = None,
+        max_hold: float = 30.0,
     ) -> None:
         self.state = FleetState()
         self.ctx = AnalysisContext(
@@ -45,7 +47,8 @@ class Fleet:
             frozenset(supervised),
             GraphCache(depends_on),
             dict(hosts or {}),
-            AnalysisSettings(settle_time=settle),
+            AnalysisSettings(settle_time=settle, max_dependency_hold=max_hold),
+            dict(detection or {}),
         )
         self.log: list[RecordedEvent] = []
         self.now = start

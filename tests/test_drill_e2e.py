@@ -104,6 +104,34 @@ def test_starter_drill_passes(fleet: Path, tmp_path: Path) -> None:
     assert inc["drill"] == doc["drill"] and inc["status"] == "resolved"
 
 
+def test_vector_db_outage_starter_drill_passes_with_the_agents_as_symptoms(
+    fleet: Path, tmp_path: Path
+) -> None:
+    """The agents' probes notice the hung vector-db before its own do: they are held for its
+    verdict, then become its symptoms; only the vector-db is acted on."""
+    state = fleet.parent / "state"
+    before = events(state)[-1]["position"]
+    reports = tmp_path / "reports"
+    r = drill(
+        str(ROOT / "config" / "drills" / "vector-db-outage.yaml"),
+        "-c",
+        str(fleet),
+        "--report-dir",
+        str(reports),
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = _report(reports)
+    assert doc["verdict"] == "passed" and doc["reasons"] == []
+    mine = [e for e in events(state) if e["position"] > before]
+    detected = [e for e in mine if e["type"] == "incident.detected"]
+    assert [e["component"] for e in detected] == ["vector-db"], "one incident, the dependency's"
+    iid = detected[0]["incident"]
+    attached = {e["component"] for e in mine if e["type"] == "symptom.suppressed" and e["incident"] == iid}
+    assert attached == {"planner", "researcher", "writer"}
+    acted = {e["component"] for e in mine if e["type"] == "step.started"}
+    assert acted <= {"vector-db"}, f"only the root is acted on: {acted}"
+
+
 def test_tight_rto_fails_and_says_why(fleet: Path, tmp_path: Path) -> None:
     spec = _write(
         tmp_path,

@@ -42,6 +42,24 @@ DEFAULT_HOST = "localhost"
 class AnalysisSettings:
     settle_time: float = 5.0  # after the last root incident of a symptom closes
     blast_radius_limit: int = 20  # nearest downstream components recorded per diagnosis
+    # The longest a dependent waits for a healthy-looking dependency's probes (0: never waits).
+    max_dependency_hold: float = 30.0
+    # On top of the dependency's detection time: its failure must be recorded before the hold
+    # ends (the Monitor's tick, the control loop's batch), or the dependent is diagnosed alone.
+    hold_margin: float = 0.25
+
+
+# How many of a failing component's dependencies, nearest first, a hold-down looks at: enough for
+# any real chain of dependencies, bounded for a 100,000-node graph.
+HOLD_SCAN = 64
+# Probe types that look at the component itself, not through it at its dependencies: their
+# failure is the component's own, so it is not held for a dependency.
+_OWN_PROBE_TYPES = frozenset({"process", "resources"})
+# Process states that say the component itself is hung (as the taxonomy's process-not-running).
+_OWN_HANG_STATES = frozenset({"stopped", "tracing-stop", "zombie", "dead"})
+# The classes a failure caused by a dependency takes on a component that still looks at it as
+# healthy: the component does not answer, or answers that it is broken, with its process alive.
+_HOLDABLE_CLASSES = frozenset({"hang", "network_partition", "unhealthy"})
 
 
 class GraphCache:
@@ -81,11 +99,16 @@ class AnalysisContext:
     graph: GraphCache = field(default_factory=lambda: GraphCache({}))
     hosts: Mapping[str, str] = field(default_factory=dict)  # component -> host, where known
     settings: AnalysisSettings = field(default_factory=AnalysisSettings)
+    # component -> the longest its probes take to report its failure (config.detection_time);
+    # a dependent failing first waits this long for it. Components without one are not waited for.
+    detection: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_config(
         cls, config: HealerConfig, taxonomy: Taxonomy, settings: AnalysisSettings | None = None
     ) -> AnalysisContext:
+        from healer.config import detection_time  # config's derivations, not Analyze's
+
         comps = config.components
         supervised = frozenset(n for n, c in comps.items() if c.command is not None)
         hosts: dict[str, str] = {}
@@ -96,7 +119,10 @@ class AnalysisContext:
         if settings is None:
             analysis = getattr(config, "analysis", None)
             settings = AnalysisSettings(
-                settle_time=float(getattr(analysis, "settle_time", AnalysisSettings.settle_time))
+                settle_time=float(getattr(analysis, "settle_time", AnalysisSettings.settle_time)),
+                max_dependency_hold=float(
+                    getattr(analysis, "max_dependency_hold", AnalysisSettings.max_dependency_hold)
+                ),
             )
         return cls(
             taxonomy,
@@ -104,6 +130,7 @@ class AnalysisContext:
             GraphCache({n: list(c.depends_on) for n, c in comps.items()}),
             hosts,
             settings,
+            {n: t for n, c in comps.items() if (t := detection_time(c)) > 0},
         )
 
 
@@ -202,12 +229,20 @@ def analyze_deadlines(state: FleetState, now: float, ctx: AnalysisContext | None
             continue
         still = comp in state.failing
         roots = ", ".join(sv.roots)
-        reason = (
-            f"{comp} still failing {ctx.settings.settle_time:g}s after {roots} recovered: "
-            "diagnosed on its own"
-            if still
-            else f"{comp} recovered without action after {roots} recovered"
-        )
+        if sv.hold_down is not None:
+            reason = (
+                f"{comp} still failing after a {sv.hold_down:.1f}s hold-down while {roots} stayed "
+                "healthy: diagnosed on its own"
+                if still
+                else f"{comp} recovered without action while {roots} stayed healthy"
+            )
+        else:
+            reason = (
+                f"{comp} still failing {ctx.settings.settle_time:g}s after {roots} recovered: "
+                "diagnosed on its own"
+                if still
+                else f"{comp} recovered without action after {roots} recovered"
+            )
         run.emit(
             T.SYMPTOM_RELEASED,
             comp,
@@ -245,6 +280,11 @@ class _Analysis:
         # component -> why it waits instead of being a root: a dependency that just recovered or
         # is still starting (see _pending_dependency)
         self.late: dict[str, _Pending] = {}
+        # component -> its facts and class, worked out to decide a hold and reused if it opens
+        self.classified: dict[str, tuple[_LazyFacts, Match | None]] = {}
+        # evidence signature -> class: a storm's components mostly fail alike (see _classify)
+        self._matches: dict[tuple[Any, ...], Match | None] = {}
+        self._names: tuple[str, ...] | None = None
         self._graph: DependencyGraph | None = None
         self._hosts: dict[str, tuple[int, list[str]]] | None = None
         # Components whose probes this batch saw change (-> latest position), for verify.probes.
@@ -389,7 +429,12 @@ class _Analysis:
         sv = self.symptom(comp)
         if sv is not None:
             open_ids = [i for i in sv.incidents if self.is_open(i)]
-            where = f"incident {', '.join(map(str, open_ids))} still open" if open_ids else "root recovered"
+            if open_ids:
+                where = f"incident {', '.join(map(str, open_ids))} still open"
+            elif sv.hold_down is not None:
+                where = f"during its hold-down, {', '.join(sv.roots)} healthy"
+            else:
+                where = "root recovered"
             self.emit(
                 T.SYMPTOM_RELEASED,
                 comp,
@@ -508,7 +553,7 @@ class _Analysis:
         for comp in roots:
             # A component re-evaluated after settling waits no more: it is diagnosed now.
             if comp not in reported and self.triggers.get(comp, (None, None))[0] != SETTLE:
-                found = self._pending_dependency(comp, graph, failed)
+                found = self._pending_dependency(comp, graph, failed, result)
                 if found is not None:
                     self.late[comp] = found
         roots = [c for c in roots if c not in self.late]
@@ -617,12 +662,15 @@ class _Analysis:
             return ids, None
         return ids, max(settle) if settle else self.now + self.ctx.settings.settle_time
 
-    def _pending_dependency(self, comp: str, graph: DependencyGraph, failed: set[str]) -> _Pending | None:
+    def _pending_dependency(
+        self, comp: str, graph: DependencyGraph, failed: set[str], result: RootCauseResult
+    ) -> _Pending | None:
         """A direct dependency that is not yet known to be healthy, so ``comp`` failing now is most
         likely its symptom, not a root: one whose incident closed less than the settle time ago
         (its dependents lag behind its recovery), or a supervised one whose process (re)started
         and has not passed its probes yet (its dependents fail while it starts). ``comp`` then
-        waits one settle time; if it still fails, it is diagnosed on its own."""
+        waits one settle time; if it still fails, it is diagnosed on its own. Failing that, a
+        dependency that looks healthy but may not have noticed yet (see :meth:`_hold`)."""
         if comp not in graph:
             return None
         settle = self.ctx.settings.settle_time
@@ -640,7 +688,72 @@ class _Analysis:
                 since = view.health_since if view.health_since is not None else self.now
                 why = f"{dep} is starting (up {self.now - since:.1f}s, not yet healthy)"
                 return _Pending(dep, None, self.now + settle, why)
-        return None
+        return self._hold(comp, graph, failed, result)
+
+    def _hold(
+        self, comp: str, graph: DependencyGraph, failed: set[str], result: RootCauseResult
+    ) -> _Pending | None:
+        """The hold-down. ``comp`` fails while its process is alive (it does not answer, or
+        answers that it is broken) and its dependencies look healthy: their probes may simply
+        not have noticed yet (a dependency that hangs takes ``failure_threshold`` timed-out
+        checks to be seen, its dependents' calls into it may fail sooner). Restarting ``comp``
+        would be the liveness cascade, so it waits for the slowest of those dependencies'
+        worst-case detection times (nearest :data:`HOLD_SCAN` of them, healthy ones only, capped
+        by ``max_dependency_hold``); the daemon wakes their probes meanwhile. If one fails in
+        time, ``comp`` is its symptom; if not, ``comp`` is diagnosed on its own at the end."""
+        settings = self.ctx.settings
+        detection = self.ctx.detection
+        if not detection or settings.max_dependency_hold <= 0 or not self._holdable(comp, result, failed):
+            return None
+        comps = self.s.components
+        seen = {comp}
+        frontier = [comp]
+        watched: list[tuple[float, str]] = []
+        while frontier and len(seen) <= HOLD_SCAN:
+            nearer: list[str] = []
+            for node in frontier:
+                for dep in sorted(graph.dependencies(node)):
+                    if dep in seen or len(seen) > HOLD_SCAN:
+                        continue
+                    seen.add(dep)
+                    view = comps.get(dep)
+                    # Only a healthy one may be about to fail; an unknown one cannot be judged.
+                    if dep in failed or view is None or view.health != "healthy":
+                        continue
+                    nearer.append(dep)
+                    took = detection.get(dep, 0.0)
+                    if took > 0:
+                        watched.append((took, dep))
+            frontier = nearer
+        if not watched:
+            return None
+        slowest = max(t for t, _ in watched)
+        dep = next(d for t, d in watched if t == slowest)  # the nearest of the slowest
+        hold = min(slowest + settings.hold_margin, settings.max_dependency_hold)
+        names = sorted(d for _, d in watched)
+        others = [d for d in names if d != dep]
+        why = f"{dep} still looks healthy but its probes need up to {slowest:.1f}s to notice a failure"
+        if others:
+            why += f" (also waiting on {', '.join(others)})"
+        why += ": held for its verdict"
+        return _Pending(dep, None, self.now + hold, why, hold, tuple(names))
+
+    def _holdable(self, comp: str, result: RootCauseResult, failed: set[str]) -> bool:
+        """Whether ``comp``'s failure may be a dependency's seen first: its probes fail while its
+        process is alive and running, and no check of the component itself (its process, its
+        resources) fails -- not a crash, a stopped process, exhaustion or flapping."""
+        observation = self.triggers.get(comp, (None, None))[0]
+        if observation in (T.PROCESS_EXITED, SETTLE) or comp not in self.s.failing:
+            return False
+        lazy = self._facts(comp, observation, [], result, failed)
+        facts = lazy.facts
+        if facts["process_status"] in _OWN_HANG_STATES or not _OWN_PROBE_TYPES.isdisjoint(
+            facts["failing_probe_types"]
+        ):
+            return False
+        match = self._classify(comp, lazy)
+        self.classified[comp] = (lazy, match)
+        return match is not None and match.name in _HOLDABLE_CLASSES
 
     # -- events ---------------------------------------------------------------------------------
     def _open_incident(
@@ -660,8 +773,12 @@ class _Analysis:
             facts: dict[str, Any] = self._report_facts(comp, rec)
             observation, cause = rec.type, rec.position
         else:
-            lazy = self._facts(comp, observation, [], result, failed)
-            match = lazy.classify(self.tax)
+            known = self.classified.get(comp)
+            if known is not None:
+                lazy, match = known
+            else:
+                lazy = self._facts(comp, observation, [], result, failed)
+                match = self._classify(comp, lazy)
             facts = lazy.computed()
         if observation is None:
             # A root found only because symptoms point at it (a breaker-suspected dependency).
@@ -713,6 +830,8 @@ class _Analysis:
         deps = sorted(graph.dependencies(comp) & failed) if comp in graph else []
         observation, cause = self.triggers.get(comp, (None, None))
         lazy = self._facts(comp, observation, deps, result, failed)
+        # Not memoised: each symptom names its own failing dependencies (a key per symptom), and
+        # the taxonomy's failing-dependency signature comes early.
         match = lazy.classify(self.tax)
         evidence = _evidence(lazy.computed())
         if match is not None:
@@ -728,34 +847,66 @@ class _Analysis:
         }
         if settle_until is not None:
             data["settle_until"] = settle_until
+        held = self.symptom(comp)
+        if held is not None and held.hold_down is not None:
+            # Its hold-down ends here: say so on the root's incident (its postmortem starts at
+            # the root's failure, after the hold began).
+            data["held_for_s"] = round(self.now - held.since, 6)
+            data["reason"] += (
+                f" (held {self.now - held.since:.1f}s of its {held.hold_down:.1f}s hold-down "
+                f"until {', '.join(roots)} failed)"
+            )
         self.emit(T.SYMPTOM_SUPPRESSED, comp, ids[0] if ids else None, data)
 
     def _suppress_late(self, comp: str, pending: _Pending, failed: set[str]) -> None:
         observation, cause = self.triggers.get(comp, (None, None))
-        # Its dependency is not available (yet): that is the failing dependency it shows.
-        lazy = self._facts(comp, observation, [pending.dependency], None, failed)
-        match = lazy.classify(self.tax)
+        known = self.classified.get(comp) if pending.hold is not None else None
+        if known is not None:
+            # Held for a dependency that still looks healthy: the evidence is its own, as seen.
+            lazy, match = known
+        else:
+            # Its dependency is not available (yet): that is the failing dependency it shows.
+            lazy = self._facts(comp, observation, [pending.dependency], None, failed)
+            match = self._classify(comp, lazy)
         evidence = _evidence(lazy.computed())
         evidence["pending_dependency"] = pending.dependency
         ids = [pending.incident] if pending.incident is not None else []
-        self.emit(
-            T.SYMPTOM_SUPPRESSED,
-            comp,
-            pending.incident,
-            {
-                "roots": [pending.dependency],
-                "incidents": ids,
-                "failure_class": match.name if match is not None else "unclassified",
-                "evidence": evidence,
-                "cause": cause,
-                "settle_until": pending.settle_until,
-                "late": True,
-                "reason": f"remediation of {comp} suppressed: {pending.why}; "
-                f"re-evaluated in {pending.settle_until - self.now:.1f}s",
-            },
-        )
+        data: dict[str, Any] = {
+            "roots": [pending.dependency],
+            "incidents": ids,
+            "failure_class": match.name if match is not None else "unclassified",
+            "evidence": evidence,
+            "cause": cause,
+            "settle_until": pending.settle_until,
+            "late": True,
+            "reason": f"remediation of {comp} suppressed: {pending.why}; "
+            f"re-evaluated in {pending.settle_until - self.now:.1f}s",
+        }
+        if pending.hold is not None:
+            data["hold_down_s"] = round(pending.hold, 6)
+            data["wake"] = list(pending.wake)  # the dependencies whose probes the daemon runs now
+        self.emit(T.SYMPTOM_SUPPRESSED, comp, pending.incident, data)
 
     # -- facts ----------------------------------------------------------------------------------
+    def _classify(self, comp: str, lazy: _LazyFacts) -> Match | None:
+        """``lazy``'s class, memoised per batch on the values of the facts the taxonomy's
+        signatures read: a storm's thousand components mostly fail with the same evidence, and
+        matching the signatures was a third of Analyze's time per root. Sound because a
+        signature reads nothing but facts: the same values give the same first match. The peer
+        facts (per host and per failing set) are not in the key, so a result is kept only if
+        they were not needed, or are known to be empty (no host)."""
+        if self._names is None:
+            self._names = _key_names(self.tax)
+        key = _signature_key(self._names, lazy.facts)
+        if key is not None:
+            known = self._matches.get(key, _UNKNOWN)
+            if known is not _UNKNOWN:
+                return known  # type: ignore[return-value]
+        match = lazy.classify(self.tax)
+        if key is not None and (not lazy.computed_lazy or self.ctx.hosts.get(comp) is None):
+            self._matches[key] = match
+        return match
+
     def _report_facts(self, comp: str, rec: RecordedEvent) -> dict[str, Any]:
         d = rec.data
         return {
@@ -874,6 +1025,8 @@ class _Pending:
     incident: int | None  # the dependency's incident that just closed, if that is the reason
     settle_until: float
     why: str
+    hold: float | None = None  # a hold-down for a healthy-looking dependency's verdict: its length
+    wake: tuple[str, ...] = ()  # the dependencies it waits on
 
 
 class _LazyFacts:
@@ -888,6 +1041,10 @@ class _LazyFacts:
         self._lazy = lazy
         self._compute: Callable[[], dict[str, Any]] | None = compute
 
+    @property
+    def computed_lazy(self) -> bool:
+        return self._compute is None
+
     def before(self, sig: Signature) -> None:
         if self._compute is not None and not sig.uses.isdisjoint(self._lazy):
             self.facts.update(self._compute())
@@ -898,6 +1055,29 @@ class _LazyFacts:
 
     def computed(self) -> dict[str, Any]:
         return self.facts
+
+
+_UNKNOWN = object()
+
+
+def _key_names(taxonomy: Taxonomy) -> tuple[str, ...]:
+    """The facts the taxonomy's signatures read, but the peer facts (lazy, per component)."""
+    return tuple(sorted(set().union(*(sig.uses for sig in taxonomy.signatures)) - _PEER_FACTS))
+
+
+def _signature_key(names: tuple[str, ...], facts: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """The values of the facts ``names`` (lists as tuples), with their types (``True == 1``),
+    or None if one of them cannot be a key (a mapping): such facts are classified every time."""
+    values = list(map(facts.get, names))
+    for i, value in enumerate(values):
+        if type(value) is list:
+            values[i] = tuple(value)
+    key = (*values, *map(type, values))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 _SUMMARY = ("observation", "health", "process_alive", "failing_probes", "signal", "exit_code", "report_kind")

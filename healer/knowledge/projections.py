@@ -184,6 +184,7 @@ class SymptomView:
     since: float
     failure_class: str | None = None
     settle_until: float | None = None  # set once every root incident is closed
+    hold_down: float | None = None  # waiting this long for a healthy-looking dependency's verdict
 
 
 @dataclass
@@ -754,6 +755,7 @@ def _symptom_suppressed(s: FleetState, ev: RecordedEvent) -> None:
     view.roots.extend(r for r in roots if r not in view.roots)
     # Joining an open incident stops any settling; a late symptom arrives already settling.
     view.settle_until = ev.data.get("settle_until")
+    view.hold_down = ev.data.get("hold_down_s")
     for iid in incidents:
         inc = s.incidents.get(iid)
         if inc is not None and ev.component not in inc.symptoms:

@@ -389,6 +389,13 @@ class Monitor:
         elif self._loop is not None:
             self._schedule(runner, self._loop.time())
 
+    def wake_component(self, component: str) -> None:
+        """Check every probe of ``component`` now: Analyze holds a dependent for its verdict."""
+        comp = self.components.get(component)
+        if comp is not None:
+            for runner in comp.runners:
+                self.wake(runner)
+
     def push(self, component: str, runner: ProbeRunner, result: ProbeResult) -> None:
         """A result that arrived outside the schedule; a failure is recorded at once."""
         comp = self.components.get(component)
