@@ -72,15 +72,24 @@ class ProbeRunner:
     started: float | None = None  # a check is in flight since then (polled or awaited)
     rerun: bool = False  # woken while a check was in flight: check again once it ends
 
+    # the spec's timing, read on every check (a pydantic model's attributes cost more)
+    interval: float = field(default=0.0, repr=False)
+    jitter: float = field(default=0.0, repr=False)
+    timeout: float = field(default=0.0, repr=False)
+
     def __post_init__(self) -> None:
         nowait = getattr(self.probe, "check_nowait", None)
         self.nowait = nowait if callable(nowait) else None
+        self.interval = float(self.spec.interval)
+        self.jitter = float(self.spec.jitter)
+        self.timeout = float(self.spec.timeout)
 
     def record(self, result: ProbeResult) -> None:
         self.last = result
-        if result.ok is None:
+        ok = result.ok
+        if ok is None:
             return
-        if result.ok:
+        if ok:
             self.passes += 1
             self.failures = 0
             if self.passes >= self.spec.success_threshold:
@@ -204,6 +213,10 @@ class Monitor:
         self.tick = min(MAX_TICK, max(MIN_TICK, min(intervals, default=1.0) / 50))
         self._heap: list[tuple[float, int, ProbeRunner]] = []
         self._seq = 0
+        # Inline checks whose answer was not there at once: polled again in the next batch (a
+        # list, not the heap: nearly every TCP and HTTP check passes through here once).
+        self._polls: list[ProbeRunner] = []
+        self._poll_at = float("inf")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._timer_at = float("inf")
@@ -213,6 +226,7 @@ class Monitor:
     async def run(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
         now = loop.time()
+        self._polls, self._poll_at = [], float("inf")
         for comp in self.components.values():
             for runner in comp.runners:
                 # Spread first checks so a fleet's probes do not fire in lock-step.
@@ -221,7 +235,7 @@ class Monitor:
         try:
             while True:
                 due = self._heap[0][0] if self._heap else now + 3600.0
-                at = max(due, last + self.tick)
+                at = max(min(due, self._poll_at), last + self.tick)
                 if at > loop.time():
                     await self._sleep_until(loop, at)
                 now = last = loop.time()
@@ -257,56 +271,66 @@ class Monitor:
             self._waiter.set_result(None)  # earlier than the driver's timer: let it re-arm
 
     def _run_due(self, now: float) -> None:
+        polls: list[ProbeRunner] = []
+        if now >= self._poll_at:
+            polls, self._polls, self._poll_at = self._polls, [], float("inf")
         heap = self._heap
+        pop = heapq.heappop
         due: list[ProbeRunner] = []
         while heap and heap[0][0] <= now:
-            _, token, runner = heapq.heappop(heap)
+            _, token, runner = pop(heap)
             if token == runner.token:
                 due.append(runner)
-        # Popped first, run after: whatever a check schedules waits for the next round.
+        # Taken first, run after: whatever a check schedules waits for the next round.
+        for runner in polls:
+            self._poll(runner, now)
+        start = self._start
         for runner in due:
             if runner.started is None:
-                self._start(runner, now)
+                start(runner, now)
             else:
                 self._poll(runner, now)
 
     def _start(self, runner: ProbeRunner, now: float) -> None:
         runner.rerun = False
-        if runner.nowait is None:
+        nowait = runner.nowait
+        if nowait is None:
             runner.started = now
             self._await(runner, runner.spec.timeout)
             return
-        before = (runner.status, runner.errored)
+        status, errored = runner.status, runner.errored
         try:
-            result = runner.nowait()
+            result = nowait()
         except Exception as exc:
-            self._finish(runner, before, self._raised(runner, exc))
+            self._finish(runner, status, errored, self._raised(runner, exc), now)
             return
         if result is not None:
             runner.errored = False
-            self._finish(runner, before, result)
+            self._finish(runner, status, errored, result, now)
             return
         # Not answered yet (a connect in flight): look again a tick later, then wait for it.
         runner.started = now
-        self._schedule(runner, now + min(self.tick, runner.spec.timeout / 2))
+        self._polls.append(runner)
+        at = now + min(self.tick, runner.timeout / 2)
+        self._poll_at = min(self._poll_at, at)
 
     def _poll(self, runner: ProbeRunner, now: float) -> None:
         assert runner.nowait is not None and runner.started is not None
-        before = (runner.status, runner.errored)
+        status, errored = runner.status, runner.errored
         try:
             result = runner.nowait()
         except Exception as exc:
             _abandon(runner.probe)  # whatever it had in flight is in an unknown state
-            self._finish(runner, before, self._raised(runner, exc))
+            self._finish(runner, status, errored, self._raised(runner, exc), now)
             return
         if result is not None:
             runner.errored = False
-            self._finish(runner, before, result)
+            self._finish(runner, status, errored, result, now)
             return
-        remaining = runner.started + runner.spec.timeout - now
+        remaining = runner.started + runner.timeout - now
         if remaining <= 0:
             _abandon(runner.probe)
-            self._finish(runner, before, self._timed_out(runner))
+            self._finish(runner, status, errored, self._timed_out(runner), now)
         else:
             self._await(runner, remaining)
 
@@ -324,7 +348,7 @@ class Monitor:
         except Exception as exc:  # TimeoutError included
             failure = exc
         # A push may have changed the probe while it was awaited: compare with now, not with then.
-        before = (runner.status, runner.errored)
+        status, errored = runner.status, runner.errored
         if failure is None:
             runner.errored = False
         elif isinstance(failure, TimeoutError):
@@ -336,7 +360,7 @@ class Monitor:
             if runner.nowait is not None:
                 _abandon(runner.probe)
             result = self._raised(runner, failure)
-        self._finish(runner, before, result)
+        self._finish(runner, status, errored, result, None)
 
     @staticmethod
     def _timed_out(runner: ProbeRunner) -> ProbeResult:
@@ -353,33 +377,39 @@ class Monitor:
         detail = f"probe error: {type(exc).__name__}: {exc}"[:200]
         return ProbeResult(None, detail, {"error": type(exc).__name__})
 
-    def _finish(self, runner: ProbeRunner, before: tuple[str, bool], result: ProbeResult) -> None:
+    def _finish(
+        self, runner: ProbeRunner, status: str, errored: bool, result: ProbeResult, now: float | None
+    ) -> None:
+        """``status``/``errored``: the probe's before the check; ``now``: the batch's time, or
+        None for a check that ended on its own (an awaited one)."""
         runner.started = None
         runner.record(result)
-        comp = runner.component
         # Only a change of a probe's status can change its component's: most checks stop here.
-        if comp is not None and (runner.status, runner.errored) != before:
-            self._update(comp)
-        if self._loop is None:
+        if runner.status != status or runner.errored != errored:
+            comp = runner.component
+            if comp is not None:
+                self._update(comp)
+        loop = self._loop
+        if loop is None:
             return  # the monitor is stopping
-        now = self._loop.time()
+        if now is None:
+            now = loop.time()
         if runner.rerun:
             runner.rerun = False
             self._schedule(runner, now)
             return
-        spec = runner.spec
-        if runner.status == "unknown":
-            delay = min(spec.interval, STARTUP_INTERVAL)
-        elif not runner.phased:
+        if runner.phased and runner.status != "unknown":
+            delay = runner.interval
+        elif runner.status == "unknown":
+            delay = min(runner.interval, STARTUP_INTERVAL)
+        else:
             # Probes that started together would stay in lock-step and hit the loop as one
             # burst every interval (delaying a last will behind a thousand checks): the first
             # steady-state wait gives each probe its own phase, never a longer wait.
-            delay = random.uniform(0, spec.interval)  # noqa: S311  spreading load, not secrets
+            delay = _random() * runner.interval
             runner.phased = True
-        else:
-            delay = spec.interval
-        if spec.jitter:
-            delay += random.uniform(0, spec.jitter)  # noqa: S311  jitter, not secrets
+        if runner.jitter:
+            delay += _random() * runner.jitter
         self._schedule(runner, now + delay)
 
     def wake(self, runner: ProbeRunner) -> None:
@@ -468,6 +498,9 @@ def _abandon(probe: Probe) -> None:
             close()
         except Exception as exc:
             log.warning("probe close() raised %s: %s", type(exc).__name__, exc)
+
+
+_random = random.random  # spreading load and jitter, not secrets
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
