@@ -222,8 +222,13 @@ class Monitor:
         self._polls: list[ProbeRunner] = []
         self._poll_at = float("inf")
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        # The driver is a timer callback, not a task awaiting a future: a wake-up is then one
+        # pass of the event loop, not two (timer -> future -> task step), and no future.
+        self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
+        self._last = float("-inf")  # when the driver last ran a batch
+        self._in_batch = False
+        self._stopped: asyncio.Future[None] | None = None  # failed with a driver's exception
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- the driver -------------------------------------------------------------------------------
@@ -231,21 +236,20 @@ class Monitor:
         loop = self._loop = asyncio.get_running_loop()
         now = loop.time()
         self._polls, self._poll_at = [], float("inf")
+        self._last = float("-inf")
+        stopped = self._stopped = loop.create_future()
         for comp in self.components.values():
             for runner in comp.runners:
                 # Spread first checks so a fleet's probes do not fire in lock-step.
                 self._schedule(runner, now + random.uniform(0, min(runner.spec.interval, 0.1)))  # noqa: S311  spreading load, not secrets
-        last = float("-inf")
+        self._arm()
         try:
-            while True:
-                due = self._heap[0][0] if self._heap else now + 3600.0
-                at = max(min(due, self._poll_at), last + self.tick)
-                if at > loop.time():
-                    await self._sleep_until(loop, at)
-                now = last = loop.time()
-                self._run_due(now)
+            await stopped  # only a failing driver ends this; otherwise the run is cancelled
         finally:
-            self._loop = None
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer, self._timer_at = None, float("inf")
+            self._loop = self._stopped = None
             tasks = list(self._tasks)
             for task in tasks:
                 task.cancel()
@@ -256,24 +260,45 @@ class Monitor:
                     with contextlib.suppress(Exception):
                         _abandon(runner.probe)
 
-    async def _sleep_until(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
-        waiter = self._waiter = loop.create_future()
+    def _arm(self) -> None:
+        """(Re)set the driver's timer: when the earliest check or poll is due, a tick after the
+        last batch at the earliest."""
+        loop = self._loop
+        if loop is None:
+            return
+        due = self._heap[0][0] if self._heap else float("inf")
+        at = max(min(due, self._poll_at), self._last + self.tick)
+        if at >= self._timer_at or at == float("inf"):
+            return  # the timer set goes off first (and re-arms), or there is nothing to run
+        if self._timer is not None:
+            self._timer.cancel()
         self._timer_at = at
-        handle = loop.call_at(at, _resolve, waiter)
+        self._timer = loop.call_at(at, self._fire)
+
+    def _fire(self) -> None:
+        self._timer, self._timer_at = None, float("inf")
+        loop = self._loop
+        if loop is None:
+            return
+        now = self._last = loop.time()
+        self._in_batch = True
         try:
-            await waiter
+            self._run_due(now)
+        except Exception as exc:  # a bug: end run() with it rather than stop checking silently
+            if self._stopped is not None and not self._stopped.done():
+                self._stopped.set_exception(exc)
+            return
         finally:
-            handle.cancel()
-            self._waiter = None
-            self._timer_at = float("inf")
+            self._in_batch = False
+        self._arm()
 
     def _schedule(self, runner: ProbeRunner, at: float) -> None:
         self._seq += 1
         runner.token = self._seq
         runner.due = at
         heapq.heappush(self._heap, (at, self._seq, runner))
-        if at < self._timer_at and self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)  # earlier than the driver's timer: let it re-arm
+        if at < self._timer_at and not self._in_batch:
+            self._arm()  # earlier than the driver's timer (a batch re-arms when it ends)
 
     def _run_due(self, now: float) -> None:
         polls: list[ProbeRunner] = []
@@ -509,8 +534,3 @@ def _abandon(probe: Probe) -> None:
 
 
 _random = random.random  # spreading load and jitter, not secrets
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
