@@ -124,6 +124,46 @@ def test_drops_are_logged_at_most_once_per_interval_per_reason(caplog: pytest.Lo
     assert router.drops.totals == {"malformed": 501, "unknown_agent": 500}
 
 
+def test_heartbeats_read_without_the_model_agree_with_the_schema() -> None:
+    """The plain-heartbeat shortcut accepts a subset of what the model accepts, with the same
+    values; whatever it declines still goes through the schema and is counted when bad."""
+    import itertools
+
+    from pydantic import ValidationError
+
+    from healer.monitor.telemetry import HeartbeatPayload, _plain_heartbeat
+
+    values: list[Any] = [None, 0, 1, -1, 1.0, 2.5, -0.5, True, "1", 1e308, 10**30, [], {}]
+    shortcut = 0
+    for n in range(4):
+        for keys in itertools.combinations(["v", "ts", "seq", "extra"], n):
+            for combo in itertools.product(values, repeat=len(keys)):
+                raw = json.dumps(dict(zip(keys, combo, strict=True))).encode()
+                fast = _plain_heartbeat(raw)
+                try:
+                    model = HeartbeatPayload.model_validate(json.loads(raw))
+                except ValidationError:
+                    assert fast is None, raw
+                    continue
+                if fast is not None:
+                    shortcut += 1
+                    assert fast == (model.seq, model.ts), raw
+    assert shortcut > 50, "the plain shapes do take the shortcut"
+    for raw in (b'{"ts": NaN}', b'{"ts": Infinity}', b'{"ts": 1e999}', b"\xff", b"[]", b'{"seq": -1}'):
+        assert _plain_heartbeat(raw) is None, raw
+    router, got = make_router()
+    router.handle(topic("heartbeat"), b'{"v":1,"ts":12.5,"seq":7}')
+    live = router.book.agents["agent-a"]
+    assert (live.seq, live.agent_ts) == (7, 12.5)
+    router.handle(topic("heartbeat"), b'{"seq": -3}')
+    router.handle(topic("heartbeat"), b'{"ts": NaN}')
+    router.handle(topic("heartbeat"), b'{"seq": 8, "agent_version": "2.0"}')  # newer agent: extra key
+    assert router.drops.totals == {"invalid": 2}, (
+        "counted as before the shortcut (NaN: valid JSON to json.loads)"
+    )
+    assert router.book.agents["agent-a"].seq == 8 and got == []
+
+
 def test_liveness_and_last_will_reach_watchers() -> None:
     clock = ManualClock()
     router, _ = make_router(clock)

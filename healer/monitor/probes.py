@@ -13,6 +13,7 @@ at once.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import contextlib
 import errno
@@ -211,7 +212,7 @@ class HttpProbe:
         self._request = "\r\n".join(lines).encode("latin-1")
         self._addr = None if self._tls else _numeric_address(self._host, self._port)
         self._numeric = self._addr is not None
-        self._sock: socket.socket | None = None
+        self._sock: _socket.socket | None = None
         self._connecting = False
         self._unsent = b""
         self._buf = bytearray()
@@ -219,13 +220,14 @@ class HttpProbe:
         self._start: float | None = None  # a check in flight since
         self._reused = False  # the check in flight runs on a connection an earlier one used
         self._retried = False
+        self._monotonic = ctx.clock.monotonic
 
     # -- plain http: non-blocking, resumable --------------------------------------------------------
     def check_nowait(self) -> ProbeResult | None:
         if self._tls or (self._sock is None and self._addr is None):
             return None  # TLS, or a name to resolve: check() does it
         if self._start is None:
-            self._start = self.ctx.clock.monotonic()
+            self._start = self._monotonic()
             self._begin(retry=False)
         start = self._start
         while True:
@@ -257,40 +259,46 @@ class HttpProbe:
         if self._sock is None:
             assert self._addr is not None
             family, addr = self._addr
-            sock = self._sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setblocking(False)
+            sock = self._sock = _socket.socket(family, _STREAM_NONBLOCK)
             err = sock.connect_ex(addr)
             if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
                 raise OSError(err, os.strerror(err))
             self._connecting = err != 0
         sock = self._sock
         if self._connecting:
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                raise OSError(err, os.strerror(err))
-            try:
-                sock.getpeername()
-            except OSError as exc:
-                if exc.errno == errno.ENOTCONN:
-                    return None
-                raise
-            self._connecting = False
-        while self._unsent:
-            try:
-                sent = sock.send(self._unsent)
-            except BlockingIOError:
+            assert self._addr is not None
+            # connect() again: EALREADY while in flight, 0 once established, else its error.
+            err = sock.connect_ex(self._addr[1])
+            if err in _IN_PROGRESS:
                 return None
-            self._unsent = self._unsent[sent:]
+            if err not in _CONNECTED:
+                raise OSError(err, os.strerror(err))
+            self._connecting = False
+        if self._unsent:
+            while self._unsent:
+                try:
+                    sent = sock.send(self._unsent)
+                except BlockingIOError:
+                    return None
+                self._unsent = self._unsent[sent:]
+            # The answer needs a round trip to the peer: do not ask for it in the same breath
+            # (a recv that finds nothing costs a system call and an exception).
+            return None
         buf = self._buf
+        answer = None
         while not self._eof and len(buf) < _HEAD_LIMIT + 2 * _BODY_LIMIT:
             try:
                 data = sock.recv(65_536)
             except BlockingIOError:
-                break
+                break  # nothing new since the last look, which found the answer incomplete
             if not data:
                 self._eof = True
             buf += data
-        answer = _read_response(buf, self._eof)
+            answer = _read_response(buf, self._eof)
+            if answer is not None:
+                break  # complete: no further recv (that would only find nothing)
+        else:
+            answer = _read_response(buf, self._eof)
         if answer is None:
             if self._eof:
                 raise HttpProtocolError("connection closed before a complete response")
@@ -301,12 +309,12 @@ class HttpProbe:
         return status, body
 
     def _judge(self, status: int, body: bytes, start: float) -> ProbeResult:
-        values = {"status": status, "elapsed_ms": round((self.ctx.clock.monotonic() - start) * 1000, 2)}
-        text = body.decode(errors="replace")
+        values = {"status": status, "elapsed_ms": round((self._monotonic() - start) * 1000, 2)}
         p = self.params
         if status not in p.expect_status:
+            text = body.decode(errors="replace")
             return ProbeResult(False, f"HTTP {status}: {text[:120]}", values)
-        if p.body_contains is not None and p.body_contains not in text:
+        if p.body_contains is not None and p.body_contains not in body.decode(errors="replace"):
             return ProbeResult(False, f"body lacks {p.body_contains!r}", values)
         return ProbeResult(True, f"HTTP {status}", values)
 
@@ -346,7 +354,7 @@ class HttpProbe:
 
     # -- https: asyncio TLS streams and h11 -------------------------------------------------------
     async def _check_tls(self) -> ProbeResult:
-        start = self.ctx.clock.monotonic()
+        start = self._monotonic()
         try:
             status, body = await self._get()
         except (OSError, h11.ProtocolError, EOFError) as exc:
@@ -417,10 +425,40 @@ def _http_error(exc: BaseException) -> ProbeResult:
     return ProbeResult(False, f"{type(exc).__name__}: {why}"[:200], {"error": type(exc).__name__})
 
 
+# One match validates a whole plain response head (status line, token-named header lines):
+# most responses are read with it and a scan of their header lines, all in C. Anything else
+# (an interim 1xx, a head not complete yet, stray CR or LF, a malformed line) goes through
+# the line-by-line reader below, which decides it exactly as before.
+_FAST_HEAD = re.compile(
+    rb"(HTTP/1\.[^ \r\n]*) ([0-9]{3})(?: [^\r\n]*)?\r\n"
+    rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n]*\r\n)*)\r\n"
+)
+_FAST_FIELD = re.compile(rb"([^:\r\n]+):[ \t]*([^\r\n]*?)[ \t]*\r\n")
+_FRAMING = frozenset(("connection", "transfer-encoding", "content-length"))
+
+
 def _read_response(buf: bytearray, eof: bool) -> tuple[int, bytes, bool] | None:
     """(status, body, connection reusable) of the response at the start of ``buf``; None if
     more bytes are needed. Interim 1xx responses are skipped; at most ``_BODY_LIMIT`` of the
     body is kept (a longer one makes the connection not reusable)."""
+    m = _FAST_HEAD.match(buf)
+    if m is not None and m.group(2)[0] != 0x31:  # "1": an interim response, the slow path
+        version = m.group(1).decode("latin-1")
+        status, pos = int(m.group(2)), m.end()
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in _FAST_FIELD.findall(m.group(3)):
+            key = raw_name.decode("latin-1").lower()
+            if key in _FRAMING:  # only these decide where the message ends
+                value = raw_value.decode("latin-1")
+                headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        return _read_body(buf, eof, version, status, headers, pos)
+    head = _read_head(buf)
+    if head is None:
+        return None
+    return _read_body(buf, eof, *head)
+
+
+def _read_head(buf: bytearray) -> tuple[str, int, dict[str, str], int] | None:
     pos = 0
     while True:
         end = buf.find(b"\r\n\r\n", pos)
@@ -447,9 +485,18 @@ def _read_response(buf: bytearray, eof: bool) -> tuple[int, bytes, bool] | None:
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
         status, pos = int(code), end + 4
         if not 100 <= status < 200:
-            break
-    connection = {t.strip().lower() for t in headers.get("connection", "").split(",")}
-    keep = "keep-alive" in connection if version == "HTTP/1.0" else "close" not in connection
+            return version, status, headers, pos
+
+
+def _read_body(
+    buf: bytearray, eof: bool, version: str, status: int, headers: dict[str, str], pos: int
+) -> tuple[int, bytes, bool] | None:
+    options = headers.get("connection")
+    if options is None:
+        keep = version != "HTTP/1.0"
+    else:
+        connection = {t.strip().lower() for t in options.split(",")}
+        keep = "keep-alive" in connection if version == "HTTP/1.0" else "close" not in connection
     te = headers.get("transfer-encoding")
     length = headers.get("content-length")
     stop: int | None  # where the message ends; None: it does not end before the connection does
@@ -530,9 +577,11 @@ class TcpProbe:
         self.params = params
         self.ctx = ctx
         self.target = f"{params.host}:{params.port}"
+        self._ok_detail = f"connected to {self.target}"
         self._addr: tuple[int, tuple[Any, ...]] | None = _numeric_address(params.host, params.port)
         self._numeric = self._addr is not None
-        self._pending: tuple[socket.socket, float] | None = None  # a connect in flight, since
+        self._pending: tuple[_socket.socket, float, Any] | None = None  # a connect in flight, since, to
+        self._monotonic = ctx.clock.monotonic
 
     def check_nowait(self) -> ProbeResult | None:
         if self._pending is not None:
@@ -540,15 +589,16 @@ class TcpProbe:
         if self._addr is None:
             return None  # a name to resolve: check() does that
         family, addr = self._addr
-        start = self.ctx.clock.monotonic()
+        start = self._monotonic()
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            # The C socket type: socket.socket's Python-level __init__ and close() were a tenth of
+            # a check. Non-blocking from creation, no setblocking() call.
+            sock = _socket.socket(family, _STREAM_NONBLOCK)
         except OSError as exc:
             return self._failed(exc.errno)
-        sock.setblocking(False)
         err = sock.connect_ex(addr)
-        if err in (errno.EINPROGRESS, errno.EAGAIN):
-            self._pending = (sock, start)
+        if err in _IN_PROGRESS:
+            self._pending = (sock, start, addr)
             return None
         sock.close()
         return self._connected(start) if err == 0 else self._failed(err)
@@ -556,17 +606,15 @@ class TcpProbe:
     def _settle(self) -> ProbeResult | None:
         """The connect in flight: refused, established, or still going."""
         assert self._pending is not None
-        sock, start = self._pending
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if not err:
-            try:
-                sock.getpeername()
-            except OSError as exc:
-                if exc.errno == errno.ENOTCONN:
-                    return None  # handshake not finished
-                err = exc.errno or errno.EIO
+        sock, start, addr = self._pending
+        # Asking connect() again is one system call where SO_ERROR + getpeername() were two:
+        # EALREADY while the handshake is in flight, 0 once it completed (EISCONN after that),
+        # otherwise the connect's error (refused, unreachable, reset).
+        err = sock.connect_ex(addr)
+        if err in _IN_PROGRESS:
+            return None
         self.close()
-        return self._connected(start) if not err else self._failed(err)
+        return self._connected(start) if err in _CONNECTED else self._failed(err)
 
     async def check(self) -> ProbeResult:
         result = self.check_nowait()
@@ -599,8 +647,8 @@ class TcpProbe:
         return result
 
     def _connected(self, start: float) -> ProbeResult:
-        connect_ms = round((self.ctx.clock.monotonic() - start) * 1000, 2)
-        return ProbeResult(True, f"connected to {self.target}", {"connect_ms": connect_ms})
+        connect_ms = round((self._monotonic() - start) * 1000, 2)
+        return ProbeResult(True, self._ok_detail, {"connect_ms": connect_ms})
 
     def _failed(self, err: int | None) -> ProbeResult:
         if not self._numeric:
@@ -612,6 +660,11 @@ class TcpProbe:
         if self._pending is not None:
             self._pending[0].close()
             self._pending = None
+
+
+_STREAM_NONBLOCK = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+_IN_PROGRESS = frozenset((errno.EINPROGRESS, errno.EALREADY, errno.EAGAIN))
+_CONNECTED = frozenset((0, errno.EISCONN))
 
 
 def _numeric_address(host: str, port: int) -> tuple[int, tuple[Any, ...]] | None:
@@ -714,6 +767,8 @@ class HeartbeatFileProbe:
     def __init__(self, params: Params, ctx: ProbeContext) -> None:
         self.params = params
         self.ctx = ctx
+        self._path = str(params.path)  # a Path converts itself on every stat and format
+        self._wall = ctx.clock.wall
 
     async def check(self) -> ProbeResult:
         return self.check_nowait()
@@ -721,16 +776,16 @@ class HeartbeatFileProbe:
     def check_nowait(self) -> ProbeResult:
         p = self.params
         try:
-            mtime = os.stat(p.path).st_mtime
+            mtime = os.stat(self._path).st_mtime
         except FileNotFoundError:
             return ProbeResult(False, f"{p.path} does not exist", {"max_age_s": p.max_age, "missing": True})
         except OSError as exc:
             return ProbeResult(False, f"cannot stat {p.path}: {exc.strerror}", {"max_age_s": p.max_age})
-        age = self.ctx.clock.wall() - mtime
+        age = self._wall() - mtime
         values = {"age_s": round(age, 3), "max_age_s": p.max_age, "mtime": mtime}
         if age > p.max_age:
             return ProbeResult(False, f"{p.path} is {age:.1f}s old (max {p.max_age:g}s)", values)
-        return ProbeResult(True, f"{p.path} is {age:.1f}s old", values)
+        return ProbeResult(True, f"{self._path} is {age:.1f}s old", values)
 
 
 # -- processes healer did not start --------------------------------------------------------------------

@@ -45,12 +45,15 @@ log = logging.getLogger(__name__)
 STARTUP_INTERVAL = 0.2
 # The driver wakes at most once per tick (pushed results do not wait for it): checks due within
 # one tick run as one batch, at most one tick late, and an answer that was not there at once is
-# read one tick later. The tick is 1/50 of the shortest probe interval, within these bounds: a
-# thousand probes at 1 s then cost 50 wake-ups a second instead of a thousand task switches
-# (each wake-up of the driver costs about as much as a few checks), and no probe runs more than
-# 2 % of its interval late unless its interval is below a quarter second.
+# read one tick later. The tick is 1/20 of the shortest probe interval, within these bounds: a
+# thousand probes at 1 s then cost 20 wake-ups a second instead of a thousand task switches.
+# A wake-up is dear on a shared machine (the daemon comes back to cold caches: measured, ~3
+# checks' worth each), so the tick trades a probe being at most 5 % of its interval late
+# (never checked less often: the next check is due an interval after the last one was *due*)
+# and ``connect_ms``/``elapsed_ms`` being upper bounds within a tick, for CPU.
 MIN_TICK = 0.005
-MAX_TICK = 0.02
+MAX_TICK = 0.05
+TICKS_PER_INTERVAL = 20
 
 
 @dataclass(eq=False)
@@ -68,19 +71,29 @@ class ProbeRunner:
     nowait: Callable[[], ProbeResult | None] | None = field(default=None, repr=False)
     component: ComponentHealth | None = field(default=None, repr=False)
     token: int = 0  # the heap entry that is current; older ones are skipped
+    due: float = 0.0  # when the current (or last) check was due
     phased: bool = False
     started: float | None = None  # a check is in flight since then (polled or awaited)
     rerun: bool = False  # woken while a check was in flight: check again once it ends
 
+    # the spec's timing, read on every check (a pydantic model's attributes cost more)
+    interval: float = field(default=0.0, repr=False)
+    jitter: float = field(default=0.0, repr=False)
+    timeout: float = field(default=0.0, repr=False)
+
     def __post_init__(self) -> None:
         nowait = getattr(self.probe, "check_nowait", None)
         self.nowait = nowait if callable(nowait) else None
+        self.interval = float(self.spec.interval)
+        self.jitter = float(self.spec.jitter)
+        self.timeout = float(self.spec.timeout)
 
     def record(self, result: ProbeResult) -> None:
         self.last = result
-        if result.ok is None:
+        ok = result.ok
+        if ok is None:
             return
-        if result.ok:
+        if ok:
             self.passes += 1
             self.failures = 0
             if self.passes >= self.spec.success_threshold:
@@ -201,33 +214,42 @@ class Monitor:
             for runner in runners:
                 runner.component = health
         intervals = [r.spec.interval for c in self.components.values() for r in c.runners]
-        self.tick = min(MAX_TICK, max(MIN_TICK, min(intervals, default=1.0) / 50))
+        self.tick = min(MAX_TICK, max(MIN_TICK, min(intervals, default=1.0) / TICKS_PER_INTERVAL))
         self._heap: list[tuple[float, int, ProbeRunner]] = []
         self._seq = 0
+        # Inline checks whose answer was not there at once: polled again in the next batch (a
+        # list, not the heap: nearly every TCP and HTTP check passes through here once).
+        self._polls: list[ProbeRunner] = []
+        self._poll_at = float("inf")
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        # The driver is a timer callback, not a task awaiting a future: a wake-up is then one
+        # pass of the event loop, not two (timer -> future -> task step), and no future.
+        self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
+        self._last = float("-inf")  # when the driver last ran a batch
+        self._in_batch = False
+        self._stopped: asyncio.Future[None] | None = None  # failed with a driver's exception
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- the driver -------------------------------------------------------------------------------
     async def run(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
         now = loop.time()
+        self._polls, self._poll_at = [], float("inf")
+        self._last = float("-inf")
+        stopped = self._stopped = loop.create_future()
         for comp in self.components.values():
             for runner in comp.runners:
                 # Spread first checks so a fleet's probes do not fire in lock-step.
                 self._schedule(runner, now + random.uniform(0, min(runner.spec.interval, 0.1)))  # noqa: S311  spreading load, not secrets
-        last = float("-inf")
+        self._arm()
         try:
-            while True:
-                due = self._heap[0][0] if self._heap else now + 3600.0
-                at = max(due, last + self.tick)
-                if at > loop.time():
-                    await self._sleep_until(loop, at)
-                now = last = loop.time()
-                self._run_due(now)
+            await stopped  # only a failing driver ends this; otherwise the run is cancelled
         finally:
-            self._loop = None
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer, self._timer_at = None, float("inf")
+            self._loop = self._stopped = None
             tasks = list(self._tasks)
             for task in tasks:
                 task.cancel()
@@ -238,75 +260,107 @@ class Monitor:
                     with contextlib.suppress(Exception):
                         _abandon(runner.probe)
 
-    async def _sleep_until(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
-        waiter = self._waiter = loop.create_future()
+    def _arm(self) -> None:
+        """(Re)set the driver's timer: when the earliest check or poll is due, a tick after the
+        last batch at the earliest."""
+        loop = self._loop
+        if loop is None:
+            return
+        due = self._heap[0][0] if self._heap else float("inf")
+        at = max(min(due, self._poll_at), self._last + self.tick)
+        if at >= self._timer_at or at == float("inf"):
+            return  # the timer set goes off first (and re-arms), or there is nothing to run
+        if self._timer is not None:
+            self._timer.cancel()
         self._timer_at = at
-        handle = loop.call_at(at, _resolve, waiter)
+        self._timer = loop.call_at(at, self._fire)
+
+    def _fire(self) -> None:
+        self._timer, self._timer_at = None, float("inf")
+        loop = self._loop
+        if loop is None:
+            return
+        now = self._last = loop.time()
+        self._in_batch = True
         try:
-            await waiter
+            self._run_due(now)
+        except Exception as exc:  # a bug: end run() with it rather than stop checking silently
+            if self._stopped is not None and not self._stopped.done():
+                self._stopped.set_exception(exc)
+            return
         finally:
-            handle.cancel()
-            self._waiter = None
-            self._timer_at = float("inf")
+            self._in_batch = False
+        self._arm()
 
     def _schedule(self, runner: ProbeRunner, at: float) -> None:
         self._seq += 1
         runner.token = self._seq
+        runner.due = at
         heapq.heappush(self._heap, (at, self._seq, runner))
-        if at < self._timer_at and self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)  # earlier than the driver's timer: let it re-arm
+        if at < self._timer_at and not self._in_batch:
+            self._arm()  # earlier than the driver's timer (a batch re-arms when it ends)
 
     def _run_due(self, now: float) -> None:
+        polls: list[ProbeRunner] = []
+        if now >= self._poll_at:
+            polls, self._polls, self._poll_at = self._polls, [], float("inf")
         heap = self._heap
+        pop = heapq.heappop
         due: list[ProbeRunner] = []
         while heap and heap[0][0] <= now:
-            _, token, runner = heapq.heappop(heap)
+            _, token, runner = pop(heap)
             if token == runner.token:
                 due.append(runner)
-        # Popped first, run after: whatever a check schedules waits for the next round.
+        # Taken first, run after: whatever a check schedules waits for the next round.
+        for runner in polls:
+            self._poll(runner, now)
+        start = self._start
         for runner in due:
             if runner.started is None:
-                self._start(runner, now)
+                start(runner, now)
             else:
                 self._poll(runner, now)
 
     def _start(self, runner: ProbeRunner, now: float) -> None:
         runner.rerun = False
-        if runner.nowait is None:
+        nowait = runner.nowait
+        if nowait is None:
             runner.started = now
             self._await(runner, runner.spec.timeout)
             return
-        before = (runner.status, runner.errored)
+        status, errored = runner.status, runner.errored
         try:
-            result = runner.nowait()
+            result = nowait()
         except Exception as exc:
-            self._finish(runner, before, self._raised(runner, exc))
+            self._finish(runner, status, errored, self._raised(runner, exc), now)
             return
         if result is not None:
             runner.errored = False
-            self._finish(runner, before, result)
+            self._finish(runner, status, errored, result, now)
             return
         # Not answered yet (a connect in flight): look again a tick later, then wait for it.
         runner.started = now
-        self._schedule(runner, now + min(self.tick, runner.spec.timeout / 2))
+        self._polls.append(runner)
+        at = now + min(self.tick, runner.timeout / 2)
+        self._poll_at = min(self._poll_at, at)
 
     def _poll(self, runner: ProbeRunner, now: float) -> None:
         assert runner.nowait is not None and runner.started is not None
-        before = (runner.status, runner.errored)
+        status, errored = runner.status, runner.errored
         try:
             result = runner.nowait()
         except Exception as exc:
             _abandon(runner.probe)  # whatever it had in flight is in an unknown state
-            self._finish(runner, before, self._raised(runner, exc))
+            self._finish(runner, status, errored, self._raised(runner, exc), now)
             return
         if result is not None:
             runner.errored = False
-            self._finish(runner, before, result)
+            self._finish(runner, status, errored, result, now)
             return
-        remaining = runner.started + runner.spec.timeout - now
+        remaining = runner.started + runner.timeout - now
         if remaining <= 0:
             _abandon(runner.probe)
-            self._finish(runner, before, self._timed_out(runner))
+            self._finish(runner, status, errored, self._timed_out(runner), now)
         else:
             self._await(runner, remaining)
 
@@ -324,7 +378,7 @@ class Monitor:
         except Exception as exc:  # TimeoutError included
             failure = exc
         # A push may have changed the probe while it was awaited: compare with now, not with then.
-        before = (runner.status, runner.errored)
+        status, errored = runner.status, runner.errored
         if failure is None:
             runner.errored = False
         elif isinstance(failure, TimeoutError):
@@ -336,7 +390,7 @@ class Monitor:
             if runner.nowait is not None:
                 _abandon(runner.probe)
             result = self._raised(runner, failure)
-        self._finish(runner, before, result)
+        self._finish(runner, status, errored, result, None)
 
     @staticmethod
     def _timed_out(runner: ProbeRunner) -> ProbeResult:
@@ -353,34 +407,43 @@ class Monitor:
         detail = f"probe error: {type(exc).__name__}: {exc}"[:200]
         return ProbeResult(None, detail, {"error": type(exc).__name__})
 
-    def _finish(self, runner: ProbeRunner, before: tuple[str, bool], result: ProbeResult) -> None:
+    def _finish(
+        self, runner: ProbeRunner, status: str, errored: bool, result: ProbeResult, now: float | None
+    ) -> None:
+        """``status``/``errored``: the probe's before the check; ``now``: the batch's time, or
+        None for a check that ended on its own (an awaited one)."""
         runner.started = None
         runner.record(result)
-        comp = runner.component
         # Only a change of a probe's status can change its component's: most checks stop here.
-        if comp is not None and (runner.status, runner.errored) != before:
-            self._update(comp)
-        if self._loop is None:
+        if runner.status != status or runner.errored != errored:
+            comp = runner.component
+            if comp is not None:
+                self._update(comp)
+        loop = self._loop
+        if loop is None:
             return  # the monitor is stopping
-        now = self._loop.time()
+        if now is None:
+            now = loop.time()
         if runner.rerun:
             runner.rerun = False
             self._schedule(runner, now)
             return
-        spec = runner.spec
-        if runner.status == "unknown":
-            delay = min(spec.interval, STARTUP_INTERVAL)
-        elif not runner.phased:
+        if runner.phased and runner.status != "unknown":
+            delay = runner.interval
+        elif runner.status == "unknown":
+            delay = min(runner.interval, STARTUP_INTERVAL)
+        else:
             # Probes that started together would stay in lock-step and hit the loop as one
             # burst every interval (delaying a last will behind a thousand checks): the first
             # steady-state wait gives each probe its own phase, never a longer wait.
-            delay = random.uniform(0, spec.interval)  # noqa: S311  spreading load, not secrets
+            delay = _random() * runner.interval
             runner.phased = True
-        else:
-            delay = spec.interval
-        if spec.jitter:
-            delay += random.uniform(0, spec.jitter)  # noqa: S311  jitter, not secrets
-        self._schedule(runner, now + delay)
+        if runner.jitter:
+            delay += _random() * runner.jitter
+        # From when this check was due, not from when it ran: a batch running up to a tick late
+        # must not stretch every interval by that much. After a stall, from now.
+        at = runner.due + delay
+        self._schedule(runner, at if at > now else now + delay)
 
     def wake(self, runner: ProbeRunner) -> None:
         """Check ``runner`` now instead of at its next turn (after the check in flight, if any)."""
@@ -477,6 +540,4 @@ def _abandon(probe: Probe) -> None:
             log.warning("probe close() raised %s: %s", type(exc).__name__, exc)
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+_random = random.random  # spreading load and jitter, not secrets

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from healer.agent import protocol
@@ -279,6 +281,11 @@ class TelemetryRouter:
         if component is None:
             self.drops.drop(DropReason.UNKNOWN_AGENT, topic, f"no component answers to agent {agent!r}")
             return
+        if kind == "heartbeat":
+            beat = _plain_heartbeat(payload)
+            if beat is not None:
+                self.book.alive(agent, *beat)
+                return
         msg = self._parse(kind, topic, payload)
         if msg is None:
             return
@@ -328,3 +335,36 @@ class TelemetryRouter:
             where = ".".join(str(p) for p in err["loc"]) or "payload"
             self.drops.drop(DropReason.INVALID, topic, f"{where}: {err['msg']}")
             return None
+
+
+_BEAT_KEYS = frozenset(("v", "ts", "seq"))
+
+
+def _plain_heartbeat(payload: bytes) -> tuple[int | None, float | None] | None:
+    """``(seq, ts)`` of a heartbeat in its plain shape, without building a model; None for
+    anything else, which then goes through the schema (and is counted if it is bad).
+
+    Heartbeats are most of what a fleet sends (one per agent per interval). Accepted here is
+    a subset of what :class:`HeartbeatPayload` accepts, with the same values: a JSON object
+    with no other keys than ``v`` (exactly 1), ``ts`` (a finite number >= 0) and ``seq`` (an
+    integer >= 0, not a boolean), each optional and possibly null.
+    """
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    if type(doc) is not dict or not doc.keys() <= _BEAT_KEYS:
+        return None
+    v = doc.get("v", 1)
+    if type(v) is not int or v != 1:
+        return None
+    seq = doc.get("seq")
+    if seq is not None and (type(seq) is not int or seq < 0):
+        return None
+    ts = doc.get("ts")
+    if ts is not None:
+        if type(ts) is int:
+            ts = float(ts)
+        if type(ts) is not float or not (ts >= 0 and math.isfinite(ts)):
+            return None
+    return seq, ts
