@@ -26,7 +26,7 @@ from healer.errors import StoreError
 from healer.knowledge.events import OBSERVATIONS, Event, RecordedEvent
 from healer.knowledge.events import EventType as T
 from healer.knowledge.projections import FleetState
-from healer.knowledge.store import EventStore, rebuild_state
+from healer.knowledge.store import EventStore, paused_gc, rebuild_state
 from healer.plan.planner import due, plan, revisit
 from healer.plan.policy import PolicySet
 
@@ -159,7 +159,12 @@ class ControlLoop:
                     items.append(self._queue.get_nowait())
                 if not items:
                     continue
-                batch = self._prepare(items)
+                # Deciding a batch allocates tens of thousands of long-lived, acyclic objects
+                # (events, views, their data) and frees none in cycles: the collector's passes
+                # over them mid-batch found nothing (~11 ms of a 1,000-failure storm, gen-1 passes
+                # re-scanning the growing batch). Its next pass, after the batch, scans them once.
+                with paused_gc():
+                    batch = self._prepare(items)
                 if inflight is not None:
                     ok = await self._finish(inflight, batch)
                     inflight = None
