@@ -12,8 +12,7 @@ import datetime as dt
 import fnmatch
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from healer.knowledge.projections import FleetState, IncidentView
 from healer.plan.policy import DAYS, Budget, Conditions, PolicySet, Step
@@ -24,11 +23,14 @@ BEFORE_APPROVAL = ("silence", "maintenance")
 AFTER_APPROVAL = ("cooldown", "budget.max_concurrent", "budget.max_actions", "budget.min_healthy")
 
 
-@dataclass(frozen=True)
-class Check:
+class Check(NamedTuple):
+    """One guardrail's verdict. A named tuple rather than a frozen dataclass: Plan builds six per
+    decision, and a frozen dataclass's ``__init__`` (an ``object.__setattr__`` per field) cost
+    ~1.2 us against ~0.5 us, several microseconds of a plan's ~25 in a storm."""
+
     name: str
     ok: bool
-    state: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any]
     retry_at: float | None = None
     reason: str = ""
 

@@ -418,7 +418,7 @@ class Policy:
     def rejection(self, component: str, labels: Mapping[str, str], failure_class: str) -> str | None:
         """Why this policy's ``match`` does not apply, or None when it does (conditions aside)."""
         m = self.model.match
-        if not any(fnmatch.fnmatchcase(component, pat) for pat in m.components):
+        if not _matches_any(component, m.components):
             return f"component {component!r} not in {m.components}"
         for key, want in m.labels.items():
             if labels.get(key) != want:
@@ -426,6 +426,12 @@ class Policy:
         if failure_class not in m.failures and "*" not in m.failures:
             return f"failure {failure_class!r} not in {m.failures}"
         return None
+
+
+def _matches_any(component: str, patterns: Sequence[str]) -> bool:
+    # "*" matches every name, the empty one too: the common catch-all needs no regex match
+    # (~0.7 us each, per policy and per decision: a storm plans a thousand incidents at once).
+    return any(pat == "*" or fnmatch.fnmatchcase(component, pat) for pat in patterns)
 
 
 @dataclass(frozen=True)
@@ -436,7 +442,7 @@ class MaintenanceWindow:
 
     def applies_to(self, component: str, labels: Mapping[str, str]) -> bool:
         m = self.model
-        if not any(fnmatch.fnmatchcase(component, pat) for pat in m.components):
+        if not _matches_any(component, m.components):
             return False
         return all(labels.get(k) == v for k, v in m.labels.items())
 
