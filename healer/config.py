@@ -115,11 +115,11 @@ def component_probes(comp: ComponentConfig) -> list[tuple[str, ProbeConfig]]:
 
 
 def detection_time(comp: ComponentConfig) -> float:
-    """The longest the Monitor can take to report a failure of ``comp``: over its probes, the
-    worst case of ``failure_threshold`` consecutive failed checks. Each failed check of an
-    unresponsive target runs for its ``timeout`` and the next starts ``interval`` (+ up to
-    ``jitter``) after it ends (the scheduler schedules from the end of a check), so one check
-    costs up to ``interval + jitter + timeout``. 0 for a component without probes."""
+    """An upper bound on how long the Monitor takes to report a failure of ``comp``: over its
+    probes, ``failure_threshold`` consecutive failed checks, each counted as ``interval + jitter
+    + timeout``. The scheduler times the next check from when the last one was due (or from its
+    end after a stall), so a real run of failed checks is shorter by up to ``threshold - 1``
+    timeouts; the slack covers the scheduler's tick. 0 for a component without probes."""
     return max(
         (s.failure_threshold * (s.interval + s.jitter + s.timeout) for _, s in component_probes(comp)),
         default=0.0,

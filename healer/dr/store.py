@@ -150,13 +150,15 @@ class _Background(Generic[_T]):
 
 def _fsync_beside(fd: int, work: Callable[[], _T]) -> _T:
     """``work()`` (hashing: CPU) while another thread fsyncs ``fd`` (waiting on the disk): the
-    two overlap instead of adding up. hashlib and blake3 release the GIL on large buffers."""
+    two overlap instead of adding up. hashlib and blake3 release the GIL on large buffers. An
+    fsync that failed fails the caller, as does ``work()`` (after the fsync thread has ended)."""
     sync = _Background(lambda: os.fsync(fd), "checkpoint-fsync")
     try:
         out = work()
-    finally:
+    except BaseException:
         sync.result_or_none()
-    sync.result()  # an fsync that failed fails the save
+        raise
+    sync.result()
     return out
 
 
@@ -429,10 +431,9 @@ class CheckpointStore:
                 data = f.read(cp.size + 1)  # one buffer, filled by the kernel; +1 shows a longer blob
         except FileNotFoundError:
             raise CorruptCheckpoint(cp, "its blob is missing") from None
-        if cp.blake3 is not None:
-            self._check(cp, blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest(), len(data))
-        else:
-            self._check(cp, hashlib.sha256(data).hexdigest(), len(data))
+        hasher = _b3() if cp.blake3 is not None else hashlib.sha256()
+        hasher.update(data)
+        self._check(cp, hasher.hexdigest(), len(data))
         if validator is not None:
             try:
                 validator(data)
