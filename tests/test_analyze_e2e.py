@@ -315,6 +315,10 @@ def test_partition_is_told_apart_from_crash_and_hang(tmp_path: Path) -> None:
             hang = of(state, "incident.diagnosed", "hanger")[0]
             assert hang["data"]["failure_class"] == "hang", hang["data"]
             assert hang["data"]["evidence"]["process_status"] == "stopped"
+            # The Monitor read the OS state itself as the component failed, so a component with
+            # only network probes is judged the same way (not by whether its peers failed yet).
+            failed = of(state, "component.failed", "hanger")[0]
+            assert failed["data"]["process"] == {"pid": hung, "status": "stopped"}, failed["data"]
             wait_for(lambda: of(state, "incident.resolved", "hanger"), timeout=20, what="hang fixed")
             assert d.stop() == 0
     finally:

@@ -107,8 +107,10 @@ def test_starter_drill_passes(fleet: Path, tmp_path: Path) -> None:
 def test_vector_db_outage_starter_drill_passes_with_the_agents_as_symptoms(
     fleet: Path, tmp_path: Path
 ) -> None:
-    """The agents' probes notice the hung vector-db before its own do: they are held for its
-    verdict, then become its symptoms; only the vector-db is acted on."""
+    """The demo fleet as users run it: the agents that notice the hung vector-db (often before
+    its own probe does) are held for its verdict, then become its symptoms; only the vector-db
+    is acted on. How many notice is a race with the restart, so this run may see from none to
+    all three; tests/test_dependency_hold_e2e.py pins the timing so that every dependent fails."""
     state = fleet.parent / "state"
     before = events(state)[-1]["position"]
     reports = tmp_path / "reports"
@@ -126,10 +128,14 @@ def test_vector_db_outage_starter_drill_passes_with_the_agents_as_symptoms(
     detected = [e for e in mine if e["type"] == "incident.detected"]
     assert [e["component"] for e in detected] == ["vector-db"], "one incident, the dependency's"
     iid = detected[0]["incident"]
+    timeline = "\n".join(f"{e['type']} {e.get('component')} {e['data']}"[:200] for e in mine)
     attached = {e["component"] for e in mine if e["type"] == "symptom.suppressed" and e["incident"] == iid}
-    assert attached == {"planner", "researcher", "writer"}
+    # Which agents fail at all is a race with the restart (healer may have the vector-db back
+    # before an agent reaches its failure threshold): every one that did is its symptom.
+    failed = {e["component"] for e in mine if e["type"] == "component.failed"} - {"vector-db"}
+    assert attached == failed, timeline
     acted = {e["component"] for e in mine if e["type"] == "step.started"}
-    assert acted <= {"vector-db"}, f"only the root is acted on: {acted}"
+    assert acted <= {"vector-db"}, f"only the root is acted on: {acted}\n{timeline}"
 
 
 def test_tight_rto_fails_and_says_why(fleet: Path, tmp_path: Path) -> None:

@@ -948,6 +948,10 @@ class _Analysis:
                 types_seen.add(str(kind))
                 if isinstance(p.get("values"), dict):
                     values_seen.append(p["values"])
+        sampled = c.evidence.get("process")
+        if isinstance(sampled, dict) and isinstance(sampled.get("status"), str):
+            # Read by the Monitor as the component failed: as fresh as any probe's value.
+            process_status = sampled["status"]
         failing_names.sort()
         types = sorted(types_seen)
         network = tax.network_probe_types

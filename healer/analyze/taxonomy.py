@@ -39,7 +39,10 @@ KNOWN_FACTS: dict[str, str] = {
     "supervised": "healer started the component's process itself",
     "managed": "the component is in the configuration (not only learned from telemetry)",
     "process_alive": "true / false for supervised components, null otherwise",
-    "process_status": "the OS state of the process from the latest process probe (running, stopped, ...)",
+    "process_status": (
+        "the OS state of the process (running, stopped, ...): sampled by the Monitor when a"
+        " supervised component fails, else from the latest process probe"
+    ),
     "exit_code": "exit status of the process that ended",
     "signal": "signal that ended the process (SIGKILL, ...)",
     "health": "failing / healthy / unknown",

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import psutil
 
 from healer.clock import Clock
 from healer.config import HealerConfig, ProbeConfig, component_probes
@@ -201,6 +202,7 @@ class Monitor:
     ) -> None:
         self._emit = emit
         self._clock = clock
+        self._supervisor = supervisor
         self.components: dict[str, ComponentHealth] = {}
         for name, comp in config.components.items():
             runners = []
@@ -493,8 +495,26 @@ class Monitor:
         data: dict[str, Any] = {"probes": probes}
         if failing:
             data["failing"] = failing
+            process = self._process_state(comp.name)
+            if process is not None:
+                data["process"] = process
         self._emit(Event(kind, self._clock.wall(), component=comp.name, data=data))
         self._probes_recorded(comp)
+
+    def _process_state(self, component: str) -> dict[str, Any] | None:
+        """The OS state of a supervised process, sampled when its component fails.
+
+        Analyze tells a hang (alive but stopped) from a partition (alive, running, unreachable)
+        by this; without it, a component with only network probes would be judged by whether
+        its peers had failed yet, a race. One ``/proc`` read, only on a failure transition.
+        """
+        pid = self._supervisor.pid(component)
+        if pid is None:
+            return None
+        try:
+            return {"pid": pid, "status": psutil.Process(pid).status()}
+        except psutil.Error:
+            return None  # exited between the two reads: its pidfd reports the exit
 
     @staticmethod
     def _probes_recorded(comp: ComponentHealth) -> None:
