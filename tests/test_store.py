@@ -11,7 +11,7 @@ import pytest
 
 from healer.errors import StoreError
 from healer.knowledge.events import Event
-from healer.knowledge.store import SQLiteEventStore, bundled_migrations
+from healer.knowledge.store import SINGLE_STATEMENT_ROWS, SQLiteEventStore, bundled_migrations
 
 
 async def test_concurrent_appends_get_gapless_ordered_positions(tmp_path: Path) -> None:
@@ -47,6 +47,37 @@ async def test_batches_share_commits(tmp_path: Path) -> None:
         n = 300
         await asyncio.gather(*(store.append([Event("x.happened", 0.0)]) for _ in range(n)))
         assert store.appended_total == n
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("size", [1, 3, SINGLE_STATEMENT_ROWS, SINGLE_STATEMENT_ROWS + 1, 300])
+async def test_a_commit_is_all_or_nothing_on_both_paths(tmp_path: Path, size: int) -> None:
+    """Small commits are one multi-row INSERT, larger ones BEGIN/executemany/COMMIT: both
+    record every event intact, and a commit that fails part-way leaves nothing behind."""
+    store = await SQLiteEventStore.open(tmp_path / "s")
+    try:
+        batch = [Event("x.happened", float(i), f"c{i}", i, {"i": i, "s": "é" * i}) for i in range(size)]
+        recorded = await store.append(batch)
+        assert [r.position for r in recorded] == list(range(1, size + 1))
+        read = await store.read()
+        assert [(e.ts, e.component, e.incident, e.data) for e in read] == [
+            (ev.ts, ev.component, ev.incident, ev.data) for ev in batch
+        ]
+        # Another connection makes the last row of the next commit fail.
+        other = sqlite3.connect(tmp_path / "s" / "events.db")
+        other.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.type = 'x.refused' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )
+        other.commit()
+        bad = [Event("x.happened", 0.0) for _ in range(size - 1)] + [Event("x.refused", 0.0)]
+        with pytest.raises(StoreError, match="refused by the test"):
+            await store.append(bad)
+        assert await store.last_position() == size, "none of the failed commit's rows remain"
+        [after] = await store.append([Event("x.happened", 9.0)])
+        assert after.position == size + 1, "positions stay gapless after a failed commit"
+        other.close()
     finally:
         await store.close()
 
