@@ -57,7 +57,9 @@ async def _wait(cond: object, what: str) -> None:
 
 
 @pytest.mark.asyncio
-async def test_the_next_batch_is_decided_during_a_commit_and_a_failed_commit_holds_both(tmp_path: Path) -> None:
+async def test_the_next_batch_is_decided_during_a_commit_and_a_failed_commit_holds_both(
+    tmp_path: Path,
+) -> None:
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "default.yaml").write_text(POLICY)
     (tmp_path / "healer.yaml").write_text(CONFIG)
@@ -71,7 +73,9 @@ async def test_the_next_batch_is_decided_during_a_commit_and_a_failed_commit_hol
     try:
         for comp, pid in (("agent-a", 100), ("agent-b", 200)):
             loop.submit(Event(T.PROCESS_STARTED, clock.wall(), comp, None, {"pid": pid, "create_time": T0}))
-            loop.submit(Event(T.COMPONENT_RECOVERED, clock.wall(), comp, None, {"probes": _probes("passing", "ok")}))
+            loop.submit(
+                Event(T.COMPONENT_RECOVERED, clock.wall(), comp, None, {"probes": _probes("passing", "ok")})
+            )
         await loop.flush()
         durable = await store.last_position()
         acted.clear()
@@ -80,7 +84,13 @@ async def test_the_next_batch_is_decided_during_a_commit_and_a_failed_commit_hol
         store.gate, store.entered = asyncio.Event(), asyncio.Event()
         clock.advance(1.0)
         loop.submit(
-            Event(T.PROCESS_EXITED, clock.wall(), "agent-a", None, {"pid": 100, "signal": "SIGKILL", "expected": False})
+            Event(
+                T.PROCESS_EXITED,
+                clock.wall(),
+                "agent-a",
+                None,
+                {"pid": 100, "signal": "SIGKILL", "expected": False},
+            )
         )
         async with asyncio.timeout(5):
             await store.entered.wait()
@@ -98,7 +108,9 @@ async def test_the_next_batch_is_decided_during_a_commit_and_a_failed_commit_hol
                 {"probes": _probes("failing", "timed out"), "failing": ["http#1"]},
             )
         )
-        intent = asyncio.create_task(loop.record(Event("test.noted", clock.wall(), "agent-b", None, {"n": 1})))
+        intent = asyncio.create_task(
+            loop.record(Event("test.noted", clock.wall(), "agent-b", None, {"n": 1}))
+        )
         await _wait(lambda: loop.state.active_for("agent-b") is not None, "batch N+1 decided")
         assert acted == [] and not intent.done()
 
