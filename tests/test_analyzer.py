@@ -8,6 +8,7 @@ snapshot folded from events, because their MQTT plumbing belongs to the Monitor.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -218,29 +219,28 @@ def test_crash_hang_and_partition_are_told_apart() -> None:
     assert ev["peers_healthy"] == 2 and ev["peers_failing"] == 0 and ev["peers_healthy_ratio"] == 1.0
 
 
-def test_a_stopped_process_with_only_network_probes_is_a_hang_whatever_its_peers_say() -> None:
-    """The Monitor reads a supervised process's OS state as its component fails: a component
-    with only an http probe, stopped (SIGSTOP), is a hang even while its peers still answer --
-    before that sample the verdict depended on whether its dependents had failed yet."""
+def _diagnose_http_timeout(os_status: str) -> dict[str, Any]:
+    """svc and two healthy peers on one host, only http probes; svc's probe times out while the
+    Monitor reads its process as ``os_status``."""
     comps = {"svc": [], "peer-1": [], "peer-2": []}
     f = Fleet(comps, supervised=list(comps), hosts=dict.fromkeys(comps, "localhost"))
     for i, c in enumerate(comps):
         f.observe(f.started(c, 100 + i), f.healthy(c))
     failed = f.failed("svc", **{"http#0": http("failing", "timed out after 0.4s")})
-    failed.data["process"] = {"pid": 100, "status": "stopped"}
+    failed.data["process"] = {"pid": 100, "status": os_status}
     f.observe(failed)
-    diag = f.diagnosis("svc")
-    assert diag.data["failure_class"] == "hang" and diag.data["signature"] == "process-not-running", diag.data
-    assert diag.data["evidence"]["process_status"] == "stopped"
+    return f.diagnosis("svc").data
 
+
+def test_a_stopped_process_with_only_network_probes_is_a_hang_whatever_its_peers_say() -> None:
+    """The Monitor reads a supervised process's OS state as its component fails: a component
+    with only an http probe, stopped (SIGSTOP), is a hang even while its peers still answer --
+    before that sample the verdict depended on whether its dependents had failed yet."""
+    diag = _diagnose_http_timeout("stopped")
+    assert diag["failure_class"] == "hang" and diag["signature"] == "process-not-running", diag
+    assert diag["evidence"]["process_status"] == "stopped"
     # The same failure from a process the OS says is running is still a partition.
-    f = Fleet(comps, supervised=list(comps), hosts=dict.fromkeys(comps, "localhost"))
-    for i, c in enumerate(comps):
-        f.observe(f.started(c, 100 + i), f.healthy(c))
-    failed = f.failed("svc", **{"http#0": http("failing", "timed out after 0.4s")})
-    failed.data["process"] = {"pid": 100, "status": "sleeping"}
-    f.observe(failed)
-    assert f.diagnosis("svc").data["failure_class"] == "network_partition"
+    assert _diagnose_http_timeout("sleeping")["failure_class"] == "network_partition"
 
 
 def test_unreachable_process_without_healthy_peers_is_a_hang() -> None:
