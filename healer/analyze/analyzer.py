@@ -950,7 +950,8 @@ class _Analysis:
                     values_seen.append(p["values"])
         sampled = c.evidence.get("process")
         if isinstance(sampled, dict) and isinstance(sampled.get("status"), str):
-            # Read by the Monitor as the component failed: as fresh as any probe's value.
+            # Read by the Monitor the moment the component failed; a process probe's value may
+            # be an interval older, and most components have no process probe at all.
             process_status = sampled["status"]
         failing_names.sort()
         types = sorted(types_seen)
