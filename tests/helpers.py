@@ -192,6 +192,19 @@ def is_healthy(state_dir: Path, component: str) -> bool:
     return bool(health) and health[-1]["type"] == "component.recovered"
 
 
+def settle(state: Path, *names: str) -> int:
+    """Wait until the fleet is healthy with nothing open (a slow start under load can open an
+    incident of its own); return the log position after which a test's story starts."""
+
+    def calm() -> bool:
+        opened = {e["incident"] for e in events(state, "incident.detected")}
+        closed = {e["incident"] for e in events(state, "incident.resolved")}
+        return all(is_healthy(state, n) for n in names) and opened <= closed
+
+    wait_for(calm, timeout=30, what=f"{names} healthy, nothing open")
+    return int(events(state)[-1]["position"])
+
+
 def http_ok(port: int) -> bool:
     import urllib.request
 

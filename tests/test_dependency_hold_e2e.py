@@ -25,6 +25,7 @@ from tests.helpers import (
     healer_cli,
     is_healthy,
     running_daemon,
+    settle,
     wait_for,
     write_config,
 )
@@ -81,13 +82,6 @@ def _config(tmp: Path) -> Path:
     return write_config(tmp, comps, policy=POLICY, extra="analysis:\n  settle_time: 1s\n")
 
 
-def _settled(state: Path) -> bool:
-    if not all(is_healthy(state, n) for n in ("db", *DEPENDENTS)):
-        return False
-    opened = {e["incident"] for e in events(state, "incident.detected")}
-    return opened <= {e["incident"] for e in events(state, "incident.resolved")}
-
-
 def test_hung_dependency_seen_last_is_the_root_and_its_dependents_are_not_restarted(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     state = tmp_path / "state"
@@ -95,8 +89,7 @@ def test_hung_dependency_seen_last_is_the_root_and_its_dependents_are_not_restar
         # All healthy at once, with no incident open: under load a dependent's 0.3 s call to
         # the db can time out during start-up, and an incident left from that would be the
         # dependent's own, not a symptom of what this test does.
-        wait_for(lambda: _settled(state), 30, what="db, api and worker healthy, no incident open")
-        mark = events(state)[-1]["position"]
+        mark = settle(state, "db", *DEPENDENTS)
         os.kill(component_pid(state, "db") or 0, signal.SIGSTOP)
 
         wait_for(lambda: events(state, "incident.resolved", "db"), 30, what="db restarted and verified")

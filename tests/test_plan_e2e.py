@@ -19,8 +19,8 @@ from tests.helpers import (
     events,
     free_port,
     healer_cli,
-    is_healthy,
     running_daemon,
+    settle,
     wait_for,
     write_config,
 )
@@ -32,19 +32,6 @@ def policy(text: str) -> str:
 
 def planned(state: Path, comp: str | None = None) -> list[dict[str, Any]]:
     return events(state, "incident.planned", comp)
-
-
-def settle(state: Path, *names: str) -> int:
-    """Wait until the fleet is healthy with nothing open (a slow start under load can open an
-    incident of its own); return the log position after which a test's story starts."""
-
-    def calm() -> bool:
-        opened = {e["incident"] for e in events(state, "incident.detected")}
-        closed = {e["incident"] for e in events(state, "incident.resolved")}
-        return all(is_healthy(state, n) for n in names) and opened <= closed
-
-    wait_for(calm, timeout=30, what=f"{names} healthy, nothing open")
-    return int(events(state)[-1]["position"])
 
 
 def after(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import stat
 from pathlib import Path
@@ -65,19 +66,18 @@ async def test_a_commit_is_all_or_nothing_on_both_paths(tmp_path: Path, size: in
             (ev.ts, ev.component, ev.incident, ev.data) for ev in batch
         ]
         # Another connection makes the last row of the next commit fail.
-        other = sqlite3.connect(tmp_path / "s" / "events.db")
-        other.execute(
-            "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.type = 'x.refused' "
-            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
-        )
-        other.commit()
+        with contextlib.closing(sqlite3.connect(tmp_path / "s" / "events.db")) as other:
+            other.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.type = 'x.refused' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+            other.commit()
         bad = [Event("x.happened", 0.0) for _ in range(size - 1)] + [Event("x.refused", 0.0)]
         with pytest.raises(StoreError, match="refused by the test"):
             await store.append(bad)
         assert await store.last_position() == size, "none of the failed commit's rows remain"
         [after] = await store.append([Event("x.happened", 9.0)])
         assert after.position == size + 1, "positions stay gapless after a failed commit"
-        other.close()
     finally:
         await store.close()
 

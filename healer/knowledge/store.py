@@ -298,7 +298,7 @@ class SQLiteEventStore:
         else:
             await conn.execute("BEGIN IMMEDIATE")
             try:
-                await conn.executemany(_INSERT + _ROW, rows)
+                await conn.executemany(_INSERT_ROWS[1], rows)
                 await conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(Exception):
