@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import ssl
@@ -39,6 +38,7 @@ from healer.clock import Clock
 from healer.config import HealerConfig, MqttConfig
 from healer.knowledge.events import Event, RecordedEvent
 from healer.knowledge.events import EventType as T
+from healer.knowledge.store import dumps
 from healer.monitor.telemetry import DropCounter, DropReason, Emit, TelemetryBook, TelemetryRouter
 
 log = logging.getLogger("healer.mqtt")
@@ -168,7 +168,9 @@ class MqttLink:
         if not self.cfg.publish_events:
             return
         topic = protocol.healer_events_topic(self.cfg.topic_prefix, self.cfg.client_id, rec.type)
-        payload = json.dumps(rec.as_dict(), separators=(",", ":"), default=str).encode()
+        # As ``healer log --json`` prints it (sorted keys), through the log's own orjson encoder:
+        # the standard one was a fifth of the daemon's work per published event.
+        payload = dumps(rec.as_dict()).encode()
         self.outbox.put(topic, payload, qos=1)
 
     def flush_drops(self) -> None:
