@@ -340,28 +340,17 @@ def _process_exited(s: FleetState, ev: RecordedEvent) -> None:
     c.last_exit = dict(ev.data)
 
 
-def _component_failed(s: FleetState, ev: RecordedEvent) -> None:
-    c = s._comp(ev)
-    c.health = "failing"
-    c.health_since = ev.ts
-    c.evidence = dict(ev.data)
-    _probe_statuses(c, ev)
+def _health_became(health: str) -> Callable[[FleetState, RecordedEvent], None]:
+    """The projector of a component's health transition: failed, recovered, became unknown."""
 
+    def apply(s: FleetState, ev: RecordedEvent) -> None:
+        c = s._comp(ev)
+        c.health = health
+        c.health_since = ev.ts
+        c.evidence = dict(ev.data)
+        _probe_statuses(c, ev)
 
-def _component_recovered(s: FleetState, ev: RecordedEvent) -> None:
-    c = s._comp(ev)
-    c.health = "healthy"
-    c.health_since = ev.ts
-    c.evidence = dict(ev.data)
-    _probe_statuses(c, ev)
-
-
-def _component_became_unknown(s: FleetState, ev: RecordedEvent) -> None:
-    c = s._comp(ev)
-    c.health = "unknown"
-    c.health_since = ev.ts
-    c.evidence = dict(ev.data)
-    _probe_statuses(c, ev)
+    return apply
 
 
 PROBE_STATUSES = frozenset({"unknown", "passing", "failing"})
@@ -890,8 +879,8 @@ _HANDLERS: dict[str, Callable[[FleetState, RecordedEvent], None]] = {
     T.PROCESS_STARTED: _process_started,
     T.PROCESS_ADOPTED: _process_started,
     T.PROCESS_EXITED: _process_exited,
-    T.COMPONENT_FAILED: _component_failed,
-    T.COMPONENT_RECOVERED: _component_recovered,
+    T.COMPONENT_FAILED: _health_became("failing"),
+    T.COMPONENT_RECOVERED: _health_became("healthy"),
     T.INCIDENT_DETECTED: _incident_detected,
     T.INCIDENT_DIAGNOSED: _incident_diagnosed,
     T.INCIDENT_PLANNED: _incident_planned,
@@ -920,7 +909,7 @@ _HANDLERS: dict[str, Callable[[FleetState, RecordedEvent], None]] = {
     T.APPROVAL_EXPIRED: _approval_decided,
     T.SILENCE_CREATED: _silence_created,
     T.SILENCE_EXPIRED: _silence_expired,
-    T.COMPONENT_BECAME_UNKNOWN: _component_became_unknown,
+    T.COMPONENT_BECAME_UNKNOWN: _health_became("unknown"),
     T.PROBE_TRANSITIONED: _probe_transitioned,
     T.TELEMETRY_DROPPED: _telemetry_dropped,
     T.MQTT_CONNECTED: _mqtt_link,
