@@ -1,6 +1,6 @@
 """Probe-load benchmark: 1,000 probes at 1 s against local endpoints, plus last-will latency.
 
-Run: python bench/probe_load.py [--duration 60] [--probes 1000] [--wills-per-s 2] [--out FILE]
+Run: python bench/probe_load.py [--duration 60] [--probes 1000] [--wills-per-s 2] [--out FILE] [--keep]
 
 One real daemon (``healer run``) watches 1,000 components, one probe each, every second:
 40% http (an asyncio HTTP server, keep-alive), 30% tcp (10 listening sockets), 20%
@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -199,6 +200,7 @@ def main() -> int:
     ap.add_argument("--samples", type=Path, default=None, help="write each last-will sample (JSON lines)")
     ap.add_argument("--mix", default="http=0.4,tcp=0.3,file=0.2,mqtt=0.1", help="share of each probe kind")
     ap.add_argument("--profile", type=Path, default=None, help="run the daemon under cProfile, stats here")
+    ap.add_argument("--keep", action="store_true", help="keep the working directory (logs, event log)")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--watch", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -209,10 +211,20 @@ def main() -> int:
         asyncio.run(watch(args.watch))
         return 0
 
+    tmp = Path(tempfile.mkdtemp(prefix="healer-probe-load-"))
+    try:
+        return _measure(args, tmp)
+    finally:
+        if args.keep:
+            print(f"kept {tmp} (the daemon's config, log and event log)", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)  # a few MB a run, left in /tmp before
+
+
+def _measure(args: argparse.Namespace, tmp: Path) -> int:
     from tests.broker import Broker
     from tests.helpers import free_port
 
-    tmp = Path(tempfile.mkdtemp(prefix="healer-probe-load-"))
     print(f"working in {tmp}", file=sys.stderr)
     (tmp / "broker").mkdir()
     broker = Broker(tmp / "broker", extra_conf="max_queued_messages 0\n")
