@@ -247,7 +247,17 @@ class Daemon:
                 incident_opened_at=lambda i: inc.opened_at if (inc := state.incidents.get(i)) else None,
             )
             actuators = ActuatorRegistry.discover(services)
-            executor = Executor(actuators, loop.record, self.clock, submit=loop.submit, settings=cfg.execute)
+            # resume_first: the first batches below may already plan an incident whose cooldown
+            # ran out while no daemon ran; that plan must wait behind the recovery of a saga or
+            # compensation the previous run left in flight (see _recover).
+            executor = Executor(
+                actuators,
+                loop.record,
+                self.clock,
+                submit=loop.submit,
+                settings=cfg.execute,
+                resume_first=True,
+            )
             executor.breakers.restore(state.actuator_breakers)
             aftercare = Aftercare(state, actuators.get, loop.submit)
 
@@ -423,6 +433,8 @@ class Daemon:
                     )
                 )
             elif inc.phase == "planned" and inc.plan is not None:
+                if executor.dispatched(str(inc.plan.get("idempotency_key"))):
+                    continue  # decided by this run's first batches, already released by recover()
                 planned = RecordedEvent(state.position, T.INCIDENT_PLANNED, now(), name, inc.id, inc.plan)
                 executor.dispatch(planned)
             elif inc.phase in ("detected", "diagnosed"):

@@ -117,12 +117,17 @@ class Harness:
 
 @asynccontextmanager
 async def harness(
-    tmp_path: Path, settings: dict[str, Any] | None = None, supervisor: Any = None
+    tmp_path: Path,
+    settings: dict[str, Any] | None = None,
+    supervisor: Any = None,
+    *,
+    resume_first: bool = False,
 ) -> AsyncIterator[Harness]:
+    """On ``tmp_path / "state"``: a new log, or the state a previous run (a killed daemon) left."""
     cfg = ExecuteConfig.model_validate({"compensation": FAST_COMPENSATION, **(settings or {})})
     state_dir = tmp_path / "state"
     store = await SQLiteEventStore.open(state_dir, exclusive=True)
-    state = FleetState()
+    state = await rebuild_state(store)
     clock = SystemClock()
     recorded: list[RecordedEvent] = []
     executor: Executor | None = None
@@ -135,7 +140,9 @@ async def harness(
     loop = ControlLoop(store, state, NoDecisions(), clock, on_recorded)  # type: ignore[arg-type]
     task = asyncio.create_task(loop.run())
     registry = ActuatorRegistry.discover(ActuatorServices(supervisor, state_dir, cfg, None))
-    executor = Executor(registry, loop.record, clock, submit=loop.submit, settings=cfg)
+    executor = Executor(
+        registry, loop.record, clock, submit=loop.submit, settings=cfg, resume_first=resume_first
+    )
     h = Harness(store, state, loop, executor, clock, recorded)
     try:
         yield h

@@ -27,6 +27,7 @@ import pytest
 from healer.knowledge.events import Event
 from healer.knowledge.events import EventType as T
 from healer.knowledge.store import SQLiteEventStore
+from tests.execute_harness import harness
 from tests.helpers import agent_component, events, free_port, running_daemon, wait_for, write_config
 from tests.ledger import Ledger
 
@@ -225,6 +226,38 @@ def test_killed_after_a_non_idempotent_compensation_intent_it_escalates_instead_
     assert not [e for e in events(state, "step.started") if e["data"]["attempt"] == 2], (
         "the planned next attempt never started on an escalated incident"
     )
+
+
+def test_a_plan_decided_before_recovery_waits_behind_it_and_does_not_run_on_the_escalation(
+    tmp_path: Path, ledger: Ledger
+) -> None:
+    """A restarted daemon's first batches may plan the next attempt (its cooldown ran out while no
+    daemon ran) before start-up reaches recovery. CI once saw that plan dispatched first: recovery
+    then took the incident as being worked on, the uncertain compensation was never settled, and
+    the new attempt "resolved" an incident whose saga was half undone. Here the plan comes first
+    for certain: it must wait, and not run once recovery has escalated."""
+    cfg = write_config(tmp_path, agent_component("svc", free_port()), extra=FAST)
+    state = tmp_path / "state"
+    seed(state, "svc", compensating_saga(ledger))
+    with running_daemon(cfg, env={"HEALER_EXECUTE__FAULT_EXIT_AT": "after-compensation-intent:exec"}) as d:
+        assert d.proc.wait(30) == -signal.SIGKILL, d.output()
+
+    async def restarted() -> list[str]:
+        async with harness(tmp_path, resume_first=True) as h:
+            assert h.state.incidents[1].compensating is not None
+            await h.plan("svc", [RESTART], attempt=2, incident=1)  # dispatched, so held
+            h.executor.recover(h.state)
+            await h.settle()
+            return h.types(1)
+
+    after = asyncio.run(restarted())
+    assert after[-1] == "incident.escalated", after
+    assert "compensation.abandoned" in after
+    assert (
+        "uncertain whether compensation exec.run" in events(state, "incident.escalated")[-1]["data"]["reason"]
+    )
+    assert not [e for e in events(state, "step.started") if e["data"]["attempt"] == 2]
+    assert ledger.count("undo", "Y") == 0 and ledger.count("undo", "X") == 0
 
 
 def test_sigterm_during_a_non_idempotent_action_leaves_it_for_the_next_start_to_verify(

@@ -19,7 +19,10 @@ with an intent and no outcome is re-run with the same key when its actuator is i
 it; otherwise it is never re-run blindly: the actuator's ``verify`` checks whether the intended
 state holds (then the action counts as done) and if it does not, or cannot tell, the incident
 is escalated with the uncertainty stated. Compensations in flight resume the same way, and a
-saga whose last recorded action succeeded continues with the next.
+saga whose last recorded action succeeded continues with the next. An executor made with
+``resume_first`` holds every plan dispatched before :meth:`recover` has run (the daemon's first
+batches may plan an incident whose cooldown ran out while it was down) and releases them behind
+the recoveries, so a saga or compensation left in flight is never overtaken by the next attempt.
 """
 
 from __future__ import annotations
@@ -104,6 +107,7 @@ class Executor:
         settings: ExecuteConfig | None = None,
         breakers: BreakerBoard | None = None,
         faults: FaultPoints | None = None,
+        resume_first: bool = False,
     ) -> None:
         self._registry = registry
         self._record = record
@@ -116,13 +120,17 @@ class Executor:
         self._acting: set[asyncio.Task[None]] = set()  # past an intent: the world may be changing
         self._locks: dict[int, asyncio.Lock] = {}
         self.accepting = True
+        # Plans dispatched before the first recover(): released behind the recoveries it starts.
+        self._held: list[RecordedEvent] | None = [] if resume_first else None
 
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
 
     def dispatched(self, plan_key: str) -> bool:
-        """Whether a task for this plan is under way (so it is not dispatched twice)."""
+        """Whether a task for this plan is under way or held (so it is not dispatched twice)."""
+        if any(p.data.get("idempotency_key") == plan_key for p in self._held or ()):
+            return True
         return any(t.get_name() == f"step:{plan_key}" for t in self._tasks)
 
     def _record_later(self, event: Event) -> None:
@@ -159,6 +167,9 @@ class Executor:
     # -- running planned sagas -------------------------------------------------------------------
     def dispatch(self, planned: RecordedEvent) -> None:
         if not self.accepting:
+            return
+        if self._held is not None:
+            self._held.append(planned)
             return
         self._spawn(self._run_planned(planned), f"step:{planned.data.get('idempotency_key')}")
 
@@ -595,7 +606,8 @@ class Executor:
     def recover(self, state: FleetState) -> list[int]:
         """Resume what a previous run left in flight; returns the incidents being resumed.
 
-        Call before dispatching anything else: per incident, recovery runs first."""
+        Call before dispatching anything else, or make the executor with ``resume_first`` (it holds
+        what is dispatched earlier until here): per incident, recovery runs first."""
         resumed = []
         busy = {t.get_name() for t in self._tasks}
         for iid, inc in sorted(state.incidents.items()):
@@ -605,6 +617,11 @@ class Executor:
             if inc.compensating or self._saga_in_flight(inc):
                 resumed.append(iid)
                 self._spawn(self._recover_incident(state, iid), f"recover:incident-{iid}")
+        # Spawned after the recoveries: each waits for its incident's lock behind them, and then
+        # runs only if its plan is still the current one (the recovery may have escalated).
+        held, self._held = self._held, None
+        for planned in held or ():
+            self.dispatch(planned)
         return resumed
 
     @staticmethod
