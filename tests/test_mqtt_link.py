@@ -45,7 +45,9 @@ def test_each_recorded_event_is_queued_as_the_log_prints_it(tmp_path: Path) -> N
     rec = _recorded()
     link.publish_event(rec)
     assert len(link.outbox) == 1
-    topic, payload, qos, retain = link.outbox._items[0]
+    queued = asyncio.run(link.outbox.head(timeout=0.01))
+    assert queued is not None
+    topic, payload, qos, retain = queued
     assert topic == f"healer/healer/h1/events/{T.INCIDENT_DIAGNOSED}"
     assert (qos, retain) == (1, False)
     # The same document as `healer log --json` (sorted keys), compact, UTF-8.
@@ -73,12 +75,12 @@ def test_a_full_outbox_drops_the_oldest_and_counts_it() -> None:
         box.put("t/3", b"3")  # full: t/1 goes, though it is the one being published
         assert dropped == ["t/1"] and box.dropped == 1
         box.done(head)  # its acknowledgement must not take t/2 with it
-        assert [i[0] for i in box._items] == ["t/2", "t/3"]
+        assert len(box) == 2
         nxt = await box.head(timeout=0.1)
-        assert nxt is not None
+        assert nxt is not None and nxt[0] == "t/2"
         box.done(nxt)
         last = await box.head(timeout=0.1)
-        assert last is not None
+        assert last is not None and last[0] == "t/3"
         box.done(last)
         assert await box.drained(timeout=0.1)
         assert await box.head(timeout=0.01) is None
