@@ -1,6 +1,7 @@
 """Probe-load benchmark: 1,000 probes at 1 s against local endpoints, plus last-will latency.
 
-Run: python bench/probe_load.py [--duration 60] [--probes 1000] [--wills-per-s 2] [--out FILE] [--keep]
+Run: python bench/probe_load.py [--duration 60] [--probes 1000] [--wills-per-s 2] [--floor 20]
+                               [--out FILE] [--keep]
 
 One real daemon (``healer run``) watches 1,000 components, one probe each, every second:
 40% http (an asyncio HTTP server, keep-alive), 30% tcp (10 listening sockets), 20%
@@ -14,15 +15,21 @@ broker publishes its last will; a separate subscriber stamps the will's arrival,
 latency is measured to (a) the ``component.failed`` event's timestamp (healer observed it)
 and (b) the moment the row is visible in the SQLite log (durable; polled every 2 ms).
 
-Reported: healer's CPU (% of one core) over the window, its peak RSS (VmHWM, whole life)
-and the highest RSS sampled during the window, will-latency p50/p99/max, and unexpected
-failures (any component.failed not caused by a will: a probe that could not keep up).
+Before and after healer runs, the floor (``floor()``: the same checks' system calls and MQTT
+traffic at the same cadence, nothing else) is measured for ``--floor`` seconds with the same
+will traffic: healer / floor and healer's own CPU per check compare across machines, where a
+share of one core does not.
+
+Reported: healer's CPU (% of one core) over the window, the floor and the ratio, healer's peak
+RSS (VmHWM, whole life) and the highest RSS sampled during the window, will-latency
+p50/p99/max, and unexpected failures (any component.failed not caused by a will: a probe that could not keep up).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import os
 import shutil
@@ -80,6 +87,86 @@ async def serve(spec: dict[str, Any]) -> None:
         for t in topics if seq % 2 else ():  # heartbeats once a second, files twice
             beat.publish(t, protocol.heartbeat_payload(seq, now))
         await asyncio.sleep(0.5)
+
+
+# -- the floor: the same checks, nothing else (python bench/probe_load.py --floor SPEC) -----------------
+async def floor(spec: dict[str, Any]) -> None:
+    """The cheapest Python could do the same checks: what healer's CPU is compared with.
+
+    The same targets, each checked once an interval, spread over the same 20 ticks an interval
+    (the answers read one tick later), and the same system calls as healer's probes: a
+    non-blocking connect asked twice then closed (tcp), a GET on a kept-alive connection and
+    a ``recv`` (http), a ``stat`` (heartbeat_file), and an aiomqtt subscription that receives
+    the same heartbeats and wills (mqtt_heartbeat). No hysteresis, timeouts, result objects,
+    records, event log or control loop: the difference is healer's own work, and the ratio is
+    less machine-dependent than a share of a core (this VM class varies by 2x between hosts).
+    """
+    import aiomqtt
+
+    loop = asyncio.get_running_loop()
+    ticks = 20
+    interval = spec["interval"]
+    stream_nb = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+    slots: list[list[tuple[str, Any]]] = [[] for _ in range(ticks)]
+    for i in range(spec["n_http"]):
+        conn = socket.create_connection(("127.0.0.1", spec["http_port"]))
+        conn.setblocking(False)
+        request = f"GET /h/{i} HTTP/1.1\r\nHost: 127.0.0.1:{spec['http_port']}\r\nUser-Agent: floor\r\n\r\n"
+        slots[i % ticks].append(("http", (conn, request.encode())))
+    for i in range(spec["n_tcp"]):
+        slots[(i + 7) % ticks].append(("tcp", ("127.0.0.1", spec["tcp_ports"][i % TCP_PORTS])))
+    for i, f in enumerate(spec["files"]):
+        slots[(i + 13) % ticks].append(("file", f))
+    pending: list[tuple[str, Any]] = []
+    passed = [0]
+    start = loop.time()
+
+    def tick(k: int) -> None:
+        nonlocal pending
+        answers, pending = pending, []
+        for kind, item in answers:
+            if kind == "tcp":
+                sock, addr = item
+                err = sock.connect_ex(addr)
+                if err in (errno.EINPROGRESS, errno.EALREADY):
+                    pending.append((kind, item))
+                    continue
+                sock.close()
+                passed[0] += err in (0, errno.EISCONN)
+            else:
+                try:
+                    data = item[0].recv(65_536)
+                except BlockingIOError:
+                    pending.append((kind, item))
+                    continue
+                passed[0] += data.startswith(b"HTTP/1.1 200")
+        now = time.time()
+        for kind, item in slots[k % ticks]:
+            if kind == "http":
+                item[0].send(item[1])
+                pending.append((kind, item))
+            elif kind == "tcp":
+                sock = socket.socket(socket.AF_INET, stream_nb)
+                if sock.connect_ex(item) in (errno.EINPROGRESS, errno.EALREADY):
+                    pending.append((kind, (sock, item)))
+                else:
+                    sock.close()
+            else:
+                passed[0] += now - os.stat(item).st_mtime < 5
+        loop.call_at(start + (k + 1) * interval / ticks, tick, k + 1)
+
+    seen: dict[str, float] = {}
+    loop.call_at(start, tick, 0)
+    if not spec["mqtt"]:
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+    async with aiomqtt.Client(
+        "127.0.0.1", spec["broker_port"], identifier="bench-floor", keepalive=5
+    ) as client:
+        await client.subscribe(protocol.agents_filter("healer"), qos=1)
+        print("ready", flush=True)
+        async for msg in client.messages:
+            seen[msg.topic.value] = time.time()
 
 
 # -- baseline: a bare subscriber process on healer's MQTT stack (python bench/probe_load.py --watch P) --
@@ -183,6 +270,44 @@ def run_queue_wait(pid: int) -> float:
     return total / 1e9
 
 
+def floor_window(
+    spec: dict[str, Any], seconds: float, wills: list[WillAgent], rate: float
+) -> tuple[float, float]:
+    """Run the floor (healer stopped) with the same will traffic; its (user, system) % of a core."""
+    proc = subprocess.Popen([PY, __file__, "--floor-spec", json.dumps(spec)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        time.sleep(2 * spec["interval"])  # connections made, first checks past
+        cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
+        drive_wills(wills, rate, wall0 + seconds)
+        cpu1, wall1 = cpu_seconds(proc.pid), time.monotonic()
+    finally:
+        proc.kill()
+        proc.wait()
+    return 100 * (cpu1[0] - cpu0[0]) / (wall1 - wall0), 100 * (cpu1[1] - cpu0[1]) / (wall1 - wall0)
+
+
+def drive_wills(wills: list[WillAgent], rate: float, until: float) -> None:
+    """Drop a will agent's connection ``rate`` times a second (each back 0.5 s later) until then."""
+    back: list[tuple[float, WillAgent]] = []
+    next_will, turn = time.monotonic(), 0
+    while (now := time.monotonic()) < until:
+        for due, w in list(back):
+            if now >= due:
+                w.connect()
+                back.remove((due, w))
+        if wills and now >= next_will:
+            next_will += 1 / rate
+            w = wills[turn % len(wills)]
+            turn += 1
+            if w.sock is not None:
+                w.drop()
+                back.append((now + 0.5, w))
+        time.sleep(0.01)
+    for _, w in back:
+        w.connect()
+
+
 def status_kb(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -201,14 +326,25 @@ def main() -> int:
     ap.add_argument("--mix", default="http=0.4,tcp=0.3,file=0.2,mqtt=0.1", help="share of each probe kind")
     ap.add_argument("--profile", type=Path, default=None, help="run the daemon under cProfile, stats here")
     ap.add_argument("--keep", action="store_true", help="keep the working directory (logs, event log)")
+    ap.add_argument(
+        "--floor",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="measure the floor (the same checks, nothing else) this long before and after healer; 0: skip",
+    )
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--watch", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--floor-spec", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         asyncio.run(serve(json.loads(args.serve)))
         return 0
     if args.watch:
         asyncio.run(watch(args.watch))
+        return 0
+    if args.floor_spec:
+        asyncio.run(floor(json.loads(args.floor_spec)))
         return 0
 
     tmp = Path(tempfile.mkdtemp(prefix="healer-probe-load-"))
@@ -289,6 +425,11 @@ def _measure(args: argparse.Namespace, tmp: Path) -> int:
     for w in wills:
         w.connect()
 
+    floor_spec = dict(spec, n_http=n_http, n_tcp=n_tcp, mqtt=n_mqtt > 0, interval=args.interval)
+    floors: list[tuple[float, float]] = []
+    if args.floor > 0:
+        floors.append(floor_window(floor_spec, args.floor, wills, args.wills_per_s))
+
     import paho.mqtt.client as mqtt
 
     arrivals: dict[str, list[float]] = {}
@@ -329,6 +470,7 @@ def _measure(args: argparse.Namespace, tmp: Path) -> int:
         argv = [PY, "-c", code]
     daemon = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     started = time.monotonic()
+    cpu1: tuple[float, float] | None = None
     try:
         deadline = time.monotonic() + 120
         while True:  # warm-up: every component healthy once
@@ -432,14 +574,18 @@ def _measure(args: argparse.Namespace, tmp: Path) -> int:
             daemon.kill()
             rc = "killed after 60 s"
         stop_s = time.monotonic() - stop_at
+        if args.floor > 0 and rc == 0 and cpu1 is not None:
+            floors.append(floor_window(floor_spec, args.floor, wills, args.wills_per_s))
         targets.kill()
         watcher.kill()
         sub.loop_stop()
         broker.kill()
+    assert cpu1 is not None  # set, or the try above raised
     user_pct = 100 * (cpu1[0] - cpu0[0]) / (wall1 - wall0)
     sys_pct = 100 * (cpu1[1] - cpu0[1]) / (wall1 - wall0)
     cpu_pct = user_pct + sys_pct
     queued = 100 * (wait1 - wait0) / (wall1 - wall0)
+    checks_per_s = n / args.interval
     load = os.getloadavg()
 
     def dist(xs: list[float]) -> str:
@@ -455,6 +601,7 @@ def _measure(args: argparse.Namespace, tmp: Path) -> int:
         "| --- | --- | --- |",
         f"| healer CPU, % of one core | {cpu_pct:.1f} % | <= 5 % |",
         f"| of which user / kernel (system) | {user_pct:.1f} % / {sys_pct:.1f} % | |",
+        *floor_lines(floors, cpu_pct, checks_per_s),
         f"| healer peak RSS (VmHWM, whole run) | {hwm / 1024:.1f} MB | <= 120 MB |",
         f"| healer max RSS sampled in the window | {rss_max / 1024:.1f} MB | |",
         f"| last will -> observation (event ts), p50 / p99 / max | {dist(observed)} | p99 <= 20 ms |",
@@ -478,6 +625,22 @@ def _measure(args: argparse.Namespace, tmp: Path) -> int:
     if args.samples is not None:
         args.samples.write_text("".join(json.dumps(x) + "\n" for x in samples))
     return 0
+
+
+def floor_lines(floors: list[tuple[float, float]], healer_pct: float, checks_per_s: float) -> list[str]:
+    if not floors:
+        return []
+    each = [u + k for u, k in floors]
+    mean = sum(each) / len(each)
+    mean_user = sum(u for u, _ in floors) / len(floors)
+    own_us = (healer_pct - mean) / 100 * 1e6 / checks_per_s
+    runs = " / ".join(f"{x:.1f}" for x in each)
+    return [
+        f"| floor: the same checks and MQTT traffic, nothing else ({runs} % before / after) | "
+        f"{mean:.1f} % (user {mean_user:.1f} %) | |",
+        f"| healer / floor | {healer_pct / mean:.2f}x | |",
+        f"| healer's own work: (healer - floor) per check | {own_us:.1f} us of CPU | |",
+    ]
 
 
 if __name__ == "__main__":
