@@ -425,16 +425,21 @@ def _http_error(exc: BaseException) -> ProbeResult:
     return ProbeResult(False, f"{type(exc).__name__}: {why}"[:200], {"error": type(exc).__name__})
 
 
-# One match validates a whole plain response head (status line, token-named header lines):
-# most responses are read with it and a scan of their header lines, all in C. Anything else
-# (an interim 1xx, a head not complete yet, stray CR or LF, a malformed line) goes through
-# the line-by-line reader below, which decides it exactly as before.
+# One match validates a whole plain response head (status line, token-named header lines);
+# a second finds the framing fields in it (the only ones that decide where the message ends),
+# so a head is read without a Python step per header line. The usual answer (a status and a
+# Content-Length) is then read at once; anything else the head's fields decide (chunked,
+# read-to-close, Connection, 204/304, a body over the limit) goes through ``_read_body``, and
+# anything unusual in the head (an interim 1xx, a head not complete yet, stray CR or LF, a
+# malformed line) through the line-by-line reader below, which decides it exactly as before.
 _FAST_HEAD = re.compile(
     rb"(HTTP/1\.[^ \r\n]*) ([0-9]{3})(?: [^\r\n]*)?\r\n"
     rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n]*\r\n)*)\r\n"
 )
-_FAST_FIELD = re.compile(rb"([^:\r\n]+):[ \t]*([^\r\n]*?)[ \t]*\r\n")
-_FRAMING = frozenset(("connection", "transfer-encoding", "content-length"))
+_FRAMING_FIELD = re.compile(
+    rb"^(connection|transfer-encoding|content-length):[ \t]*([^\r\n]*?)[ \t]*\r\n",
+    re.MULTILINE | re.IGNORECASE,
+)
 
 
 def _read_response(buf: bytearray, eof: bool) -> tuple[int, bytes, bool] | None:
@@ -443,15 +448,32 @@ def _read_response(buf: bytearray, eof: bool) -> tuple[int, bytes, bool] | None:
     body is kept (a longer one makes the connection not reusable)."""
     m = _FAST_HEAD.match(buf)
     if m is not None and m.group(2)[0] != 0x31:  # "1": an interim response, the slow path
-        version = m.group(1).decode("latin-1")
         status, pos = int(m.group(2)), m.end()
+        fields = _FRAMING_FIELD.findall(m.group(3))
+        length = connection = None
+        for raw_name, raw_value in fields:
+            name = raw_name.lower()
+            if name == b"content-length" and length is None:
+                length = raw_value
+            elif name == b"connection" and connection is None:
+                connection = raw_value
+            else:
+                break  # chunked, or a field given twice: the general reader
+        else:
+            if length is not None and length.isdigit() and status not in (204, 304):
+                stop = pos + int(length)
+                if stop - pos <= _BODY_LIMIT:
+                    if len(buf) < stop:
+                        return None
+                    version = m.group(1).decode("latin-1")
+                    keep = _keep_alive(version, None if connection is None else connection.decode("latin-1"))
+                    return status, bytes(buf[pos:stop]), keep and stop == len(buf)
         headers: dict[str, str] = {}
-        for raw_name, raw_value in _FAST_FIELD.findall(m.group(3)):
+        for raw_name, raw_value in fields:
             key = raw_name.decode("latin-1").lower()
-            if key in _FRAMING:  # only these decide where the message ends
-                value = raw_value.decode("latin-1")
-                headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        return _read_body(buf, eof, version, status, headers, pos)
+            value = raw_value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        return _read_body(buf, eof, m.group(1).decode("latin-1"), status, headers, pos)
     head = _read_head(buf)
     if head is None:
         return None
@@ -491,12 +513,7 @@ def _read_head(buf: bytearray) -> tuple[str, int, dict[str, str], int] | None:
 def _read_body(
     buf: bytearray, eof: bool, version: str, status: int, headers: dict[str, str], pos: int
 ) -> tuple[int, bytes, bool] | None:
-    options = headers.get("connection")
-    if options is None:
-        keep = version != "HTTP/1.0"
-    else:
-        connection = {t.strip().lower() for t in options.split(",")}
-        keep = "keep-alive" in connection if version == "HTTP/1.0" else "close" not in connection
+    keep = _keep_alive(version, headers.get("connection"))
     te = headers.get("transfer-encoding")
     length = headers.get("content-length")
     stop: int | None  # where the message ends; None: it does not end before the connection does
@@ -509,9 +526,11 @@ def _read_body(
         body, stop = chunked
     elif te is None and length is not None:
         values = {v.strip() for v in length.split(",")}
-        if len(values) != 1 or not next(iter(values)).isdigit():
+        n_text = next(iter(values))
+        # ASCII digits only: str.isdigit() also takes "²", which int() then rejects.
+        if len(values) != 1 or not (n_text.isascii() and n_text.isdigit()):
             raise HttpProtocolError(f"bad Content-Length {length[:40]!r}")
-        n = int(next(iter(values)))
+        n = int(n_text)
         if n > _BODY_LIMIT:
             if len(buf) - pos < _BODY_LIMIT:
                 return None
@@ -525,6 +544,14 @@ def _read_body(
             return None
         body, stop = bytes(buf[pos : pos + _BODY_LIMIT]), None
     return status, body, keep and stop == len(buf)
+
+
+def _keep_alive(version: str, options: str | None) -> bool:
+    """Whether the connection may carry the next request, by the version and Connection."""
+    if options is None:
+        return version != "HTTP/1.0"
+    connection = {t.strip().lower() for t in options.split(",")}
+    return "keep-alive" in connection if version == "HTTP/1.0" else "close" not in connection
 
 
 def _read_chunked(buf: bytearray, pos: int) -> tuple[bytes, int | None] | None:
