@@ -17,7 +17,14 @@ from hypothesis import strategies as st
 
 from healer.monitor.probes import _BODY_LIMIT, HttpProtocolError, _read_body, _read_head, _read_response
 
-_NAMES = ["Content-Length", "content-length", "CONTENT-LENGTH", "Connection", "connection", "Transfer-Encoding"]
+_NAMES = [
+    "Content-Length",
+    "content-length",
+    "CONTENT-LENGTH",
+    "Connection",
+    "connection",
+    "Transfer-Encoding",
+]
 _OTHER = ["Content-Type", "Date", "Server", "X-Content-Length", "Content-Lengthy", "Vary"]
 _LENGTHS = ["0", "2", "5", "15", " 5 ", "5, 5", "5,6", "", "x", "+5", "²", "-1", str(_BODY_LIMIT + 1), "05"]
 _CONNECTION = ["keep-alive", "close", "Keep-Alive, Upgrade", " close ", "upgrade", ""]
