@@ -22,7 +22,8 @@ share of one core does not.
 
 Reported: healer's CPU (% of one core) over the window, the floor and the ratio, healer's peak
 RSS (VmHWM, whole life) and the highest RSS sampled during the window, will-latency
-p50/p99/max, and unexpected failures (any component.failed not caused by a will: a probe that could not keep up).
+p50/p99/max, and unexpected failures (any component.failed not caused by a will: a probe that
+could not keep up).
 """
 
 from __future__ import annotations

@@ -461,8 +461,9 @@ def _read_response(buf: bytearray, eof: bool) -> tuple[int, bytes, bool] | None:
                 break  # chunked, or a field given twice: the general reader
         else:
             if length is not None and length.isdigit() and status not in (204, 304):
-                stop = pos + int(length)
-                if stop - pos <= _BODY_LIMIT:
+                n = int(length)
+                if n <= _BODY_LIMIT:
+                    stop = pos + n
                     if len(buf) < stop:
                         return None
                     version = m.group(1).decode("latin-1")
