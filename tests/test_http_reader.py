@@ -92,6 +92,11 @@ def test_the_fast_reader_decides_as_the_line_by_line_reader(response: tuple[byte
         (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok", (200, b"ok", True)),
         (b"HTTP/1.1 503 Busy\r\nconnection: Close\r\ncontent-length: 4\r\n\r\nbusy", (503, b"busy", False)),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1", (200, b"ok", False)),  # bytes past it
+        # One byte over the body limit: judged on the limit's worth, the connection not reused.
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (_BODY_LIMIT + 1) + b"x" * (_BODY_LIMIT + 1),
+            (200, b"x" * _BODY_LIMIT, False),
+        ),
     ],
 )
 def test_the_usual_answers(raw: bytes, expected: tuple[int, bytes, bool] | None) -> None:
